@@ -1,0 +1,3 @@
+"""mongoferry: move MongoDB data while applications keep writing."""
+
+__version__ = "0.1.0"

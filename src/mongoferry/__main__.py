@@ -1,0 +1,3 @@
+from mongoferry.cli import main
+
+main()

@@ -1,0 +1,156 @@
+"""The command tree: parse → settings → one library call → exit code."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from mongoferry import __version__
+from mongoferry.config import CopySettings, Settings, load_settings
+from mongoferry.errors import EXIT_UNEXPECTED, MongoferryError
+from mongoferry.logs import resolve_format, setup_logging
+from mongoferry.redact import redact
+
+F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S", bound=Settings)
+log = logging.getLogger("mongoferry")
+
+
+def given(ctx: click.Context, **values: Any) -> dict[str, Any]:
+    """Only the options the user typed, so env and file values are not overridden by defaults."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "config":
+            continue
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def settings_from(ctx: click.Context, cls: type[S], values: dict[str, Any]) -> S:
+    config = values.get("config")
+    settings = load_settings(cls, given(ctx, **values), Path(config) if config else None)
+    fmt = resolve_format(settings.log_format)
+    setup_logging("json" if fmt == "json" else "text", settings.log_level)
+    return settings
+
+
+def run_guarded(fn: Callable[[], int]) -> None:
+    """Run a job; every error becomes one line on stderr and its documented exit code."""
+    try:
+        code = fn()
+    except MongoferryError as exc:
+        click.echo(f"error: {redact(exc.one_line())}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_UNEXPECTED)
+    except Exception as exc:  # the last line of defence: one line, no secrets
+        log.debug("unexpected error", exc_info=True)
+        click.echo(f"error: unexpected {type(exc).__name__}: {redact(str(exc))} — "
+                   "rerun with --log-level debug for details, and report it", err=True)
+        sys.exit(EXIT_UNEXPECTED)
+    sys.exit(code)
+
+
+def env_help(text: str, name: str) -> str:
+    return f"{text} [env: MONGOFERRY_{name.upper()}]"
+
+
+def common_options(fn: F) -> F:
+    opts = [
+        click.option("--config", type=click.Path(dir_okay=False), help="YAML file of options (lowest precedence)."),
+        click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text"]),
+                     help=env_help("Progress and log style; auto = rich on a terminal, json otherwise.",
+                                   "log_format")),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+                     help=env_help("Log level (default info).", "log_level")),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def connection_options(fn: F) -> F:
+    opts = [
+        click.option("--src", help=env_help("Source connection string (mongodb://…).", "src")),
+        click.option("--dst", help=env_help("Destination connection string.", "dst")),
+        click.option("--meta", help=env_help("Where progress is kept (default: the destination).", "meta")),
+        click.option("--meta-db", help=env_help("Metadata database name (default mongoferry_meta).", "meta_db")),
+        click.option("--include", multiple=True,
+                     help=env_help("Copy only this DB or DB.COLL (repeatable; env: comma list).", "include")),
+        click.option("--exclude", multiple=True, help=env_help("Skip this DB or DB.COLL (repeatable).", "exclude")),
+        click.option("--rename", multiple=True,
+                     help=env_help("Rename OLD_DB=NEW_DB or DB.COLL=DB2.COLL2 (repeatable).", "rename")),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def copy_options(fn: F) -> F:
+    opts = [
+        click.option("--workers", type=int, help=env_help("Partitions copied in parallel (default 4).", "workers")),
+        click.option("--batch-size", type=int, help=env_help("Documents per read/insert batch (default 1000).",
+                                                              "batch_size")),
+        click.option("--partition-docs", type=int,
+                     help=env_help("Target documents per _id range (default 50000).", "partition_docs")),
+        click.option("--drop-dst", is_flag=True, default=None,
+                     help=env_help("Drop destination namespaces that already hold data.", "drop_dst")),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="mongoferry")
+def main() -> None:
+    """Move MongoDB data while applications keep writing.
+
+    Exit codes: 0 done, 1 unexpected, 2 usage or configuration,
+    3 cannot connect or authenticate, 4 data inconsistency found.
+    Options come from flags, MONGOFERRY_* environment variables, or a
+    YAML file (--config); flags win over env, env over the file.
+    """
+
+
+@main.command()
+@connection_options
+@copy_options
+@common_options
+@click.pass_context
+def copy(ctx: click.Context, **values: Any) -> None:
+    """Copy every database and collection (data, options, views, indexes) once.
+
+    Resumable: killed at any moment, the same command continues where it
+    stopped. A destination namespace that already holds data is refused
+    unless --drop-dst. Exits 4 if the counts differ at the end.
+    """
+    from mongoferry.copy_job import run_copy
+
+    def job() -> int:
+        return run_copy(settings_from(ctx, CopySettings, values))
+
+    run_guarded(job)
+
+
+@main.command()
+@click.option("--docs", type=int, default=200_000, show_default=True, help="Documents in the sample data set.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Copy workers.")
+@click.option("--keep", is_flag=True, help="Keep the servers' data directory and print its path.")
+@click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text"]), default="auto",
+              show_default=True, help="Progress style.")
+def demo(docs: int, workers: int, keep: bool, log_format: str) -> None:
+    """Run a copy between two embedded SecantusDB servers on a realistic sample."""
+    from mongoferry.demo import run_demo
+
+    setup_logging("json" if resolve_format(log_format) == "json" else "text")
+    run_guarded(functools.partial(run_demo, docs=docs, workers=workers, keep=keep, log_format=log_format))

@@ -1,0 +1,175 @@
+"""Showing copy progress: a rich bar per namespace on a terminal, JSON lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+log = logging.getLogger("mongoferry.progress")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@dataclass
+class NsProgress:
+    src: str
+    dst: str
+    total_docs: int
+    total_bytes: int
+    docs: int = 0
+    bytes: int = 0
+    done: bool = False
+
+
+class Reporter(Protocol):
+    def add(self, src: str, dst: str, total_docs: int, total_bytes: int, docs: int = 0, bytes_: int = 0) -> None: ...
+    def advance(self, src: str, docs: int, bytes_: int) -> None: ...
+    def finish(self, src: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Base:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: dict[str, NsProgress] = {}
+        self.started = time.monotonic()
+
+    def add(self, src: str, dst: str, total_docs: int, total_bytes: int, docs: int = 0, bytes_: int = 0) -> None:
+        with self.lock:
+            self.rows[src] = NsProgress(src, dst, total_docs, total_bytes, docs, bytes_)
+
+    def advance(self, src: str, docs: int, bytes_: int) -> None:
+        with self.lock:
+            r = self.rows[src]
+            r.docs += docs
+            r.bytes += bytes_
+
+    def finish(self, src: str) -> None:
+        with self.lock:
+            self.rows[src].done = True
+
+    def totals(self) -> tuple[int, int, int, int]:
+        with self.lock:
+            rows = list(self.rows.values())
+        return (sum(r.docs for r in rows), sum(max(r.total_docs, r.docs) for r in rows),
+                sum(r.bytes for r in rows), sum(max(r.total_bytes, r.bytes) for r in rows))
+
+
+class JsonReporter(_Base):
+    """Logs one `copy progress` line per namespace that moved, every `interval` seconds."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._stop = threading.Event()
+        self._last: dict[str, int] = {}
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.emit()
+
+    def emit(self) -> None:
+        with self.lock:
+            rows = [NsProgress(**vars(r)) for r in self.rows.values()]
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        for r in rows:
+            if self._last.get(r.src) == r.docs:
+                continue
+            self._last[r.src] = r.docs
+            log.info("copy progress", extra={"ns": r.src, "dst": r.dst, "docs": r.docs, "totalDocs": r.total_docs,
+                                             "bytes": r.bytes, "totalBytes": r.total_bytes, "done": r.done})
+        docs, total, _, _ = self.totals()
+        log.info("copy total", extra={"docs": docs, "totalDocs": total, "docsPerSec": round(docs / elapsed)})
+
+    def finish(self, src: str) -> None:
+        super().finish(src)
+        r = self.rows[src]
+        log.info("namespace copied", extra={"ns": src, "dst": r.dst, "docs": r.docs, "bytes": r.bytes})
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+class RichReporter(_Base):
+    def __init__(self, console: Console | None = None) -> None:
+        super().__init__()
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}", justify="left"),
+            BarColumn(),
+            TextColumn("{task.completed:>10,.0f}/{task.total:,.0f} docs"),
+            TextColumn("{task.fields[size]:>9}"),
+            TextColumn("{task.fields[rate]:>10}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.progress.start()
+
+    def add(self, src: str, dst: str, total_docs: int, total_bytes: int, docs: int = 0, bytes_: int = 0) -> None:
+        super().add(src, dst, total_docs, total_bytes, docs, bytes_)
+        label = src if src == dst else f"{src} → {dst}"
+        self.tasks[src] = self.progress.add_task(label, total=max(total_docs, 1), completed=docs,
+                                                 size=human_bytes(bytes_), rate="")
+
+    def advance(self, src: str, docs: int, bytes_: int) -> None:
+        super().advance(src, docs, bytes_)
+        r = self.rows[src]
+        task = self.progress.tasks[self.tasks[src]]
+        speed = task.speed or 0.0
+        self.progress.update(self.tasks[src], completed=r.docs, total=max(r.total_docs, r.docs, 1),
+                             size=human_bytes(r.bytes), rate=f"{speed:,.0f}/s" if speed else "")
+
+    def finish(self, src: str) -> None:
+        super().finish(src)
+        r = self.rows[src]
+        self.progress.update(self.tasks[src], completed=r.docs, total=max(r.docs, 1))
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class QuietReporter(_Base):
+    def close(self) -> None:
+        pass
+
+
+def make_reporter(fmt: str) -> Reporter:
+    if fmt == "rich":
+        return RichReporter()
+    if fmt == "json":
+        return JsonReporter()
+    return QuietReporter()
+
+
+def print_summary(rows: list[dict[str, Any]], fmt: str, title: str = "copy summary") -> None:
+    """rows: {source, destination, sourceCount, destinationCount}."""
+    if fmt == "json":
+        for row in rows:
+            log.info("summary", extra=row)
+        return
+    table = Table(title=title)
+    for col in ("source", "destination", "source count", "destination count", ""):
+        table.add_column(col, justify="right" if "count" in col else "left")
+    for row in rows:
+        ok = row["sourceCount"] == row["destinationCount"]
+        table.add_row(row["source"], row["destination"], f"{row['sourceCount']:,}",
+                      f"{row['destinationCount']:,}", "[green]ok[/]" if ok else "[red]differs[/]")
+    Console().print(table)

@@ -1,0 +1,1 @@
+"""Sinks: where events and copied documents go (MongoDB, Redis)."""
