@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo.errors import OperationFailure
-
 from mongoferry.clients import Client
 from mongoferry.namespaces import NamespaceMap
 
@@ -80,12 +78,9 @@ def describe(client: Client, ns: str) -> CollectionSpec | None:
         return spec
     coll = client[db][name]
     spec.indexes = [dict(ix) for ix in coll.list_indexes()]
+    # Metadata count only: an exact count or collStats is a full scan on some servers.
+    # Byte totals are estimated from the documents as they are copied.
     spec.count = coll.estimated_document_count()
-    try:
-        stats = client[db].command("collStats", name)
-        spec.size = int(stats.get("size") or 0)
-    except OperationFailure:
-        spec.size = 0
     return spec
 
 

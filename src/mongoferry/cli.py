@@ -127,7 +127,7 @@ def main() -> None:
 @copy_options
 @common_options
 @click.pass_context
-def copy(ctx: click.Context, **values: Any) -> None:
+def copy(ctx: click.Context, /, **values: Any) -> None:
     """Copy every database and collection (data, options, views, indexes) once.
 
     Resumable: killed at any moment, the same command continues where it

@@ -40,6 +40,8 @@ log = logging.getLogger("mongoferry.copy")
 
 MIN_PARTITION_DOCS = 10_000
 RETRIES = 8
+# A checkpoint costs a write; a resume re-copies at most this much time's worth of batches.
+CHECKPOINT_EVERY_S = 1.0
 
 
 def source_identity(uri: str) -> list[str]:
@@ -113,7 +115,7 @@ class Copier:
                     self.specs[ns] = spec
         if not self.resumed and not self.settings.drop_dst:
             with driver_errors("checking the destination"):
-                for src_ns, dst_ns in self.mapping.items():
+                for dst_ns in self.mapping.values():
                     why = catalog.holds_data(self.dst, dst_ns)
                     if why:
                         raise UsageError(
@@ -151,6 +153,8 @@ class Copier:
             self.writer.create(dst_ns, spec)
             if spec.natural_order:
                 parts = partition.natural(src_ns)
+            elif self.settings.workers == 1:
+                parts = partition.ranges(src_ns, [])  # one reader: planning ranges would only cost a scan
             else:
                 target = partition_target(spec.count, self.settings.workers, self.settings.partition_docs)
                 parts = partition.plan(self.src[spec.db][spec.name], src_ns, spec.count, target)
@@ -236,6 +240,7 @@ class Copier:
         reader = threading.Thread(target=self._read, args=(src_coll, p, batches), daemon=True,
                                   name=f"read-{p.id}")
         reader.start()
+        last_checkpoint = time.monotonic()
         try:
             while True:
                 item = batches.get()
@@ -250,9 +255,13 @@ class Copier:
                 if not p.natural:
                     p.last_id = docs[-1]["_id"]
                     p.has_last = True
-                self.meta.checkpoint_partition(p)
+                now = time.monotonic()
+                if now - last_checkpoint >= CHECKPOINT_EVERY_S:
+                    self.meta.checkpoint_partition(p)
+                    last_checkpoint = now
                 self.reporter.advance(p.ns, len(docs), nbytes)
                 if self.stop.is_set():
+                    self.meta.checkpoint_partition(p)
                     return
             p.done = True
             self.meta.checkpoint_partition(p)
@@ -313,8 +322,9 @@ class Copier:
             for src_ns, dst_ns in sorted(self.mapping.items()):
                 sdb, _, scoll = src_ns.partition(".")
                 ddb, _, dcoll = dst_ns.partition(".")
-                src_n = self.src[sdb][scoll].count_documents({})
-                dst_n = self.dst[ddb][dcoll].count_documents({})
+                # Metadata counts: cheap on any size; `mongoferry verify` is the exact proof.
+                src_n = self.src[sdb][scoll].estimated_document_count()
+                dst_n = self.dst[ddb][dcoll].estimated_document_count()
                 rows.append({"source": src_ns, "destination": dst_ns, "sourceCount": src_n,
                              "destinationCount": dst_n, "delta": src_n - dst_n})
         return rows

@@ -29,7 +29,8 @@ def run_demo(docs: int = 200_000, workers: int = 4, keep: bool = False, log_form
                           f"in {time.monotonic() - started:.1f}s: "
                           + ", ".join(f"{ns} {n:,}" for ns, n in counts.items()))
             console.print(f"[bold]$ mongoferry copy --src {src.uri} --dst {dst.uri} --workers {workers}[/]")
-            settings = CopySettings(src=src.uri, dst=dst.uri, workers=workers, log_format=log_format)  # type: ignore[arg-type]
+            settings = CopySettings.model_validate({"src": src.uri, "dst": dst.uri, "workers": workers,
+                                                     "log_format": log_format})
             started = time.monotonic()
             code = run_copy(settings)
             elapsed = time.monotonic() - started

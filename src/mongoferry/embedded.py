@@ -59,6 +59,7 @@ class EmbeddedServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"SecantusDB exited with {self.proc.returncode}; see {self.log_path}")
             try:
+                c: MongoClient[dict[str, object]]
                 with MongoClient(self.uri, serverSelectionTimeoutMS=500) as c:
                     c.admin.command("ping")
                 return

@@ -34,15 +34,17 @@ def _customer(i: int, rng: random.Random) -> dict[str, Any]:
 
 
 def _order(i: int, rng: random.Random) -> dict[str, Any]:
-    lines = [{"sku": f"SKU-{rng.randint(1, 500):04d}", "qty": rng.randint(1, 5), "price": rng.randint(100, 9999)}
-             for _ in range(rng.randint(1, 4))]
+    lines: list[dict[str, Any]] = [
+        {"sku": f"SKU-{rng.randint(1, 500):04d}", "qty": rng.randint(1, 5), "price": rng.randint(100, 9999)}
+        for _ in range(rng.randint(1, 4))
+    ]
     return {"_id": Int64(10**12 + i), "customer": f"customer-{rng.randint(0, 10**5)}", "lines": lines,
             "total": sum(line["qty"] * line["price"] for line in lines), "status": rng.choice(["new", "paid", "sent"]),
             "at": dt.datetime(2024, 1, 1) + dt.timedelta(seconds=i * 7)}
 
 
 def _mixed_id(i: int) -> Any:
-    kinds = [lambda: i, lambda: Int64(i), lambda: float(i) + 0.5, lambda: f"key-{i}",
+    kinds: list[Any] = [lambda: i, lambda: Int64(i), lambda: float(i) + 0.5, lambda: f"key-{i}",
              lambda: Binary(uuid.UUID(int=i).bytes, 4), lambda: {"region": i % 7, "n": i}]
     return kinds[i % len(kinds)]()
 

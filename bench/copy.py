@@ -1,0 +1,121 @@
+"""Copy throughput against the servers' own ceiling, measured in the same run.
+
+(a) ceiling: a bare pymongo loop reading raw batches from the source and
+    insert_many'ing them into an empty destination, same batch size;
+(b) `mongoferry copy --workers 1`; (c) `mongoferry copy --workers N`.
+Prints docs/s, the ratio to the ceiling, and the copy process's CPU seconds per
+100k documents. Not a test: run it with `make bench` or `python bench/copy.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# This file is named copy.py, which would shadow the standard library's `copy`
+# for everything imported below; its own folder must not be on the path.
+sys.path[:] = [p for p in sys.path if not p.endswith("bench")]
+
+import argparse
+import datetime as dt
+import os
+import platform
+import resource
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import bson
+from bson.raw_bson import RawBSONDocument
+
+from mongoferry.embedded import EmbeddedServer, child_env
+
+RAW = bson.CodecOptions(document_class=RawBSONDocument)
+
+
+def seed(uri: str, n: int) -> int:
+    from pymongo import MongoClient
+
+    c: MongoClient[dict[str, object]] = MongoClient(uri)
+    coll = c.bench.docs
+    coll.drop()
+    batch = []
+    for i in range(n):
+        batch.append({"_id": i, "user": f"user-{i % 5000}", "score": i * 0.5,
+                      "profile": {"name": "x" * 120, "tags": ["a", "b", "c"], "nested": {"k": i, "v": "y" * 300}},
+                      "history": [{"at": i + k, "what": "z" * 60} for k in range(5)]})
+        if len(batch) == 2000:
+            coll.insert_many(batch)
+            batch = []
+    if batch:
+        coll.insert_many(batch)
+    size = len(bson.encode(coll.find_one() or {}))
+    c.close()
+    return size
+
+
+def ceiling(src_uri: str, dst_uri: str, batch: int) -> float:
+    from pymongo import MongoClient
+
+    src: MongoClient[dict[str, object]] = MongoClient(src_uri)
+    dst: MongoClient[dict[str, object]] = MongoClient(dst_uri)
+    dst.drop_database("ceiling")
+    started = time.perf_counter()
+    n = 0
+    for raw in src.bench.docs.find_raw_batches(batch_size=batch):
+        docs = bson.decode_all(raw, RAW)
+        dst.ceiling.docs.insert_many(docs, ordered=False)
+        n += len(docs)
+    elapsed = time.perf_counter() - started
+    dst.drop_database("ceiling")
+    return n / elapsed
+
+
+def run_copy(src_uri: str, dst_uri: str, workers: int, batch: int, n: int) -> tuple[float, float]:
+    from pymongo import MongoClient
+
+    dst: MongoClient[dict[str, object]] = MongoClient(dst_uri)
+    dst.drop_database("bench_copy")
+    dst.drop_database("mongoferry_meta")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mongoferry", "copy", "--src", src_uri, "--dst", dst_uri,
+                    "--include", "bench", "--rename", "bench=bench_copy", "--workers", str(workers),
+                    "--batch-size", str(batch), "--log-format", "text", "--log-level", "warning"],
+                   check=True, env=child_env(), stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    got = dst.bench_copy.docs.count_documents({})
+    assert got == n, f"copied {got} of {n}"
+    dst.drop_database("bench_copy")
+    return n / elapsed, cpu / n * 100_000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--docs", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=4)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="mongoferry-bench-"))
+    src = EmbeddedServer(root / "src").start()
+    dst = EmbeddedServer(root / "dst").start()
+    try:
+        size = seed(src.uri, args.docs)
+        print(f"seeded {args.docs:,} docs of ~{size} bytes; {os.cpu_count()} cores; {platform.python_version()}")
+        ceil = ceiling(src.uri, dst.uri, args.batch)
+        w1, cpu1 = run_copy(src.uri, dst.uri, 1, args.batch, args.docs)
+        wn, cpun = run_copy(src.uri, dst.uri, args.workers, args.batch, args.docs)
+        print(f"{'run':<32}{'docs/s':>10}{'ratio':>8}{'cpu s/100k':>12}")
+        print(f"{'(a) ceiling: bare pymongo loop':<32}{ceil:>10,.0f}{1.0:>8.2f}{'':>12}")
+        print(f"{'(b) mongoferry copy --workers 1':<32}{w1:>10,.0f}{w1 / ceil:>8.2f}{cpu1:>12.1f}")
+        print(f"{f'(c) mongoferry copy --workers {args.workers}':<32}{wn:>10,.0f}{wn / ceil:>8.2f}{cpun:>12.1f}")
+        print(f"date {dt.date.today()}")
+    finally:
+        src.stop()
+        dst.stop()
+
+
+if __name__ == "__main__":
+    main()
