@@ -84,6 +84,8 @@ def connection_options(fn: F) -> F:
         click.option("--dst", help=env_help("Destination connection string.", "dst")),
         click.option("--meta", help=env_help("Where progress is kept (default: the destination).", "meta")),
         click.option("--meta-db", help=env_help("Metadata database name (default mongoferry_meta).", "meta_db")),
+        click.option("--connect-timeout", type=float,
+                     help=env_help("Seconds to wait for each server to answer (default 10).", "connect_timeout")),
         click.option("--include", multiple=True,
                      help=env_help("Copy only this DB or DB.COLL (repeatable; env: comma list).", "include")),
         click.option("--exclude", multiple=True, help=env_help("Skip this DB or DB.COLL (repeatable).", "exclude")),

@@ -63,6 +63,7 @@ class ConnectionSettings(Settings):
     dst: str | None = Field(None, description="destination connection string")
     meta: str | None = Field(None, description="metadata database URI (default: the destination)")
     meta_db: str = "mongoferry_meta"
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for each server to answer")
     include: StrList = Field(default_factory=list)
     exclude: StrList = Field(default_factory=list)
     rename: StrList = Field(default_factory=list)
@@ -86,7 +87,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}", "check the --config path") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
+        if data is None:  # an empty file
+            data = {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

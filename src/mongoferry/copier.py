@@ -52,7 +52,7 @@ def source_identity(uri: str) -> list[str]:
 def partition_target(count: int, workers: int, configured: int) -> int:
     """Documents per partition: the configured size, smaller when that would leave workers idle."""
     if count <= configured * workers * 2:
-        return max(MIN_PARTITION_DOCS, math.ceil(count / (workers * 2)), 1)
+        return min(configured, max(MIN_PARTITION_DOCS, math.ceil(count / (workers * 2))))
     return configured
 
 

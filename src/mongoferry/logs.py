@@ -26,7 +26,18 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(out, default=str))
+        # Redact every value before encoding: JSON escaping would hide a password from a later search.
+        return json.dumps(_redact_values(out), default=lambda v: redact(str(v)))
+
+
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(k)): _redact_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_redact_values(v) for v in value]
+    return value
 
 
 class TextFormatter(logging.Formatter):

@@ -31,11 +31,12 @@ class Endpoints:
             c.close()
 
 
-def open_endpoints(s: ConnectionSettings, connect_timeout: float = 10.0) -> Endpoints:
+def open_endpoints(s: ConnectionSettings) -> Endpoints:
     """Validate everything that can be validated without writing, then connect."""
     src_uri = validate_uri(s.src, "--src")
     dst_uri = validate_uri(s.dst, "--dst")
     meta_uri = validate_uri(s.meta, "--meta") if s.meta else dst_uri
+    connect_timeout = s.connect_timeout
     nsmap = NamespaceMap.build(s.include, s.exclude, s.rename, meta_db=s.meta_db)
     src = connect(src_uri, "source", connect_timeout)
     try:

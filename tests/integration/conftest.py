@@ -1,0 +1,113 @@
+"""Real servers as processes: SecantusDB (MongoDB wire protocol) and mongoferry itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bson
+import pytest
+from bson.raw_bson import RawBSONDocument
+
+from mongoferry.embedded import EmbeddedServer, child_env
+
+RAW = bson.CodecOptions(document_class=RawBSONDocument)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[tuple[EmbeddedServer, EmbeddedServer]]:
+    """A fresh source and destination; --sync-on-commit so a SIGKILLed server keeps acknowledged writes."""
+    src = EmbeddedServer(tmp_path / "src", extra_args=["--sync-on-commit"]).start()
+    dst = EmbeddedServer(tmp_path / "dst", extra_args=["--sync-on-commit"]).start()
+    yield src, dst
+    src.stop()
+    dst.stop()
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """A server that requires SCRAM authentication: user `admin`, password `s3cret-Pw!`."""
+    s = EmbeddedServer(tmp_path / "auth").start()
+    with s.client() as c:
+        c.admin.command("createUser", "admin", pwd=PASSWORD, roles=["root"])
+    s.extra_args = ["--auth"]
+    s.restart(hard=False)
+    yield s
+    s.stop()
+
+
+PASSWORD = "s3cret-Pw!"
+
+
+def auth_uri(server: EmbeddedServer, password: str = PASSWORD) -> str:
+    return f"mongodb://admin:{password}@127.0.0.1:{server.port}/?directConnection=true&authSource=admin"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.err.splitlines() if line.startswith("{")]
+
+
+def cli_args(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mongoferry", *args]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None) -> Result:
+    full_env = child_env()
+    full_env.update(env or {})
+    p = subprocess.run(cli_args(*args), capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+    full_env = child_env()
+    full_env.update(env or {})
+    if log is None:
+        return subprocess.Popen(cli_args(*args), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=full_env)
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(cli_args(*args), stdout=out, stderr=subprocess.STDOUT, env=full_env)
+
+
+def raw_docs(server: EmbeddedServer, ns: str) -> dict[bytes, bytes]:
+    """Every document of `ns` as raw bytes, keyed by the raw bytes of its _id element."""
+    db, _, coll = ns.partition(".")
+    with server.client() as c:
+        out: dict[bytes, bytes] = {}
+        for doc in c[db].get_collection(coll, codec_options=RAW).find():
+            out[bson.encode({"_id": doc["_id"]})] = doc.raw
+        return out
+
+
+def user_namespaces(server: EmbeddedServer) -> set[str]:
+    with server.client() as c:
+        return {f"{db}.{name}" for db in c.list_database_names() if db not in ("admin", "local", "config")
+                for name in c[db].list_collection_names()}
+
+
+def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def base_env() -> dict[str, str]:
+    return {"PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "")}
