@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from mongoferry import __version__
-from mongoferry.config import CopySettings, Settings, load_settings
+from mongoferry.config import CopySettings, Settings, StatusSettings, SyncSettings, load_settings
 from mongoferry.errors import EXIT_UNEXPECTED, MongoferryError
 from mongoferry.logs import resolve_format, setup_logging
 from mongoferry.redact import redact
@@ -142,6 +142,85 @@ def copy(ctx: click.Context, /, **values: Any) -> None:
         return run_copy(settings_from(ctx, CopySettings, values))
 
     run_guarded(job)
+
+
+def sync_options(fn: F) -> F:
+    opts = [
+        click.option("--capture", type=click.Choice(["change-stream", "oplog"]),
+                     help=env_help("Change streams (default; works through mongos) or tailing local.oplog.rs.",
+                                   "capture")),
+        click.option("--http", help=env_help("Status/control API HOST:PORT, or 'off' (default 127.0.0.1:27182).",
+                                             "http")),
+        click.option("--no-write-block", is_flag=True, default=None,
+                     help=env_help("At commit, do not block writes on the source (you stop the writers).",
+                                   "no_write_block")),
+        click.option("--no-verify", is_flag=True, default=None,
+                     help=env_help("At commit, skip the final verification.", "no_verify")),
+        click.option("--reverse", is_flag=True, default=None,
+                     help=env_help("After commit keep running, replaying destination → source.", "reverse")),
+        click.option("--max-batch", type=int, help=env_help("Events per applied batch (default 1000).", "max_batch")),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@connection_options
+@copy_options
+@sync_options
+@common_options
+@click.pass_context
+def sync(ctx: click.Context, /, **values: Any) -> None:
+    """Copy, then keep the destination identical to the live source until commit.
+
+    The change capture starts before the copy, so nothing written meanwhile is
+    lost. Runs until committed (POST /api/v1/commit or `mongoferry commit`) or
+    stopped (SIGTERM/Ctrl-C: applies what it read, saves its position, exits 0;
+    the same command resumes). Status: GET /api/v1/progress or `mongoferry status`.
+    """
+    from mongoferry.sync_job import run_sync
+
+    run_guarded(lambda: run_sync(settings_from(ctx, SyncSettings, values)))
+
+
+def status_options(fn: F) -> F:
+    opts = [
+        click.option("--dst", help=env_help("Destination URI (where the metadata lives by default).", "dst")),
+        click.option("--meta", help=env_help("Metadata URI, if the job was given --meta.", "meta")),
+        click.option("--meta-db", help=env_help("Metadata database name (default mongoferry_meta).", "meta_db")),
+        click.option("--connect-timeout", type=float, help=env_help("Seconds to wait for the server.",
+                                                                    "connect_timeout")),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@status_options
+@click.option("--json", "as_json", is_flag=True, help="Print the progress document as JSON.")
+@common_options
+@click.pass_context
+def status(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
+    """Show a job's state, lag, counts and events from its metadata database.
+
+    Works whether or not the job's HTTP server is reachable.
+    """
+    from mongoferry.status_cmd import run_status
+
+    run_guarded(lambda: run_status(settings_from(ctx, StatusSettings, values), as_json))
+
+
+@main.command()
+@status_options
+@common_options
+@click.pass_context
+def commit(ctx: click.Context, /, **values: Any) -> None:
+    """Ask a running sync to commit (same as POST /api/v1/commit), and wait for the outcome."""
+    from mongoferry.status_cmd import run_commit
+
+    run_guarded(lambda: run_commit(settings_from(ctx, StatusSettings, values)))
 
 
 @main.command()

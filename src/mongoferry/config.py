@@ -78,6 +78,22 @@ class CopySettings(ConnectionSettings):
     drop_dst: bool = False
 
 
+class SyncSettings(CopySettings):
+    capture: Literal["change-stream", "oplog"] = "change-stream"
+    http: str = Field("127.0.0.1:27182", description="HOST:PORT of the status/control API, or 'off'")
+    no_write_block: bool = False
+    no_verify: bool = False
+    reverse: bool = False
+    max_batch: int = Field(1000, ge=1, le=100_000)
+
+
+class StatusSettings(Settings):
+    dst: str | None = None
+    meta: str | None = None
+    meta_db: str = "mongoferry_meta"
+    connect_timeout: float = Field(10.0, gt=0)
+
+
 S = TypeVar("S", bound=Settings)
 
 

@@ -124,7 +124,8 @@ class Copier:
                         )
 
     # ---------------------------------------------------------------- initialisation (writes begin)
-    def initialise(self, extra: dict[str, Any] | None = None) -> None:
+    def initialise(self, extra: dict[str, Any] | None = None,
+                   before_copy: Callable[[], None] | None = None) -> None:
         if not self.resumed:
             self.job = Job(kind=self.kind, fingerprint=self.fingerprint(), state="initializing",
                            namespaces=self.mapping, extra=extra or {})
@@ -135,6 +136,8 @@ class Copier:
             return
         with driver_errors("creating destination collections"):
             self._create_destination()
+            if before_copy is not None:
+                before_copy()  # e.g. sync saves its capture start position: it must exist before any read
             self.meta.set_state("copying")
         self.job.state = "copying"
 

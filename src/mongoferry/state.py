@@ -20,6 +20,7 @@ from pymongo import ASCENDING, ReplaceOne
 from pymongo.database import Database
 
 from mongoferry.clients import DECODED, Client
+from mongoferry.events import Position
 
 JOB_ID = "job"
 
@@ -104,6 +105,15 @@ class MetaStore:
 
     def set_extra(self, **extra: Any) -> None:
         self.jobs.update_one({"_id": JOB_ID}, {"$set": {f"extra.{k}": v for k, v in extra.items()}})
+
+    # --- capture positions ---
+    def save_checkpoint(self, name: str, position: Position, **extra: Any) -> None:
+        self.checkpoints.replace_one({"_id": name}, {"_id": name, "position": position.to_doc(), **extra,
+                                                     "saved": dt.datetime.now(dt.UTC)}, upsert=True)
+
+    def load_checkpoint(self, name: str) -> Position | None:
+        d = self.checkpoints.find_one({"_id": name})
+        return Position.from_doc(d["position"]) if d else None
 
     # --- collections ---
     def save_collection(self, ns: str, doc: dict[str, Any]) -> None:

@@ -7,15 +7,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from bson.raw_bson import RawBSONDocument
-from pymongo import ReplaceOne
+from pymongo import InsertOne, ReplaceOne
+from pymongo.client_session import ClientSession
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from mongoferry.catalog import CollectionSpec
 from mongoferry.clients import RAW, Client
+from mongoferry.namespaces import NamespaceMap
 
 log = logging.getLogger("mongoferry.sink")
 
 NAMESPACE_EXISTS = 48
+NAMESPACE_NOT_FOUND = 26
+INDEX_NOT_FOUND = 27
 DUPLICATE_KEY = 11000
 INDEX_ALREADY_EXISTS = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
 
@@ -68,6 +72,80 @@ class MongoWriter:
                     if inner.code not in INDEX_ALREADY_EXISTS:
                         raise
 
+    # --- replicated DDL (idempotent: replaying a command that already took effect is a no-op) ---
+    def apply_ddl(self, src_ns: str, ddl: dict[str, Any], nsmap: NamespaceMap) -> bool:
+        """Apply one DDL command (oplog form) seen on `src_ns`. False: not replicated (caller counts it)."""
+        cmd = next(iter(ddl), "")
+        db = src_ns.partition(".")[0]
+        dst_ns = nsmap.target(src_ns)
+        try:
+            if cmd == "create":
+                options = {k: v for k, v in ddl.items() if k not in ("create", "idIndex")}
+                if "viewOn" in options:
+                    options["viewOn"] = nsmap.target(f"{db}.{options['viewOn']}").partition(".")[2]
+                self.create(dst_ns, CollectionSpec(dst_ns, "view" if "viewOn" in options else "collection", options))
+            elif cmd == "drop":
+                self.drop(dst_ns)
+            elif cmd == "renameCollection":
+                return self._rename(str(ddl["renameCollection"]), str(ddl["to"]), bool(ddl.get("dropTarget")), nsmap)
+            elif cmd == "dropDatabase":
+                self._drop_database(db, nsmap)
+            elif cmd == "createIndexes":
+                self.create_indexes(dst_ns, [{k: v for k, v in ix.items() if k not in ("ns", "background")}
+                                             for ix in ddl.get("indexes", [])])
+            elif cmd == "dropIndexes":
+                self._drop_indexes(dst_ns, ddl.get("index"))
+            elif cmd == "collMod":
+                mod = {k: v for k, v in ddl.items() if k != "collMod"}
+                if "viewOn" in mod:
+                    mod["viewOn"] = nsmap.target(f"{db}.{mod['viewOn']}").partition(".")[2]
+                ddb, dcoll = split_ns(dst_ns)
+                self.client[ddb].command({"collMod": dcoll, **mod})
+            elif cmd == "emptycapped":
+                self.collection(dst_ns).delete_many({})
+            elif cmd == "convertToCapped":
+                ddb, dcoll = split_ns(dst_ns)
+                self.client[ddb].command({"convertToCapped": dcoll, "size": ddl.get("size")})
+            else:
+                return False
+        except OperationFailure as exc:
+            if exc.code not in (NAMESPACE_NOT_FOUND, INDEX_NOT_FOUND):
+                raise
+        return True
+
+    def _rename(self, src: str, to: str, drop_target: bool, nsmap: NamespaceMap) -> bool:
+        if nsmap.selected(src) and nsmap.selected(to):
+            self.client.admin.command({"renameCollection": nsmap.target(src), "to": nsmap.target(to),
+                                       "dropTarget": drop_target})
+            return True
+        if nsmap.selected(src):  # renamed out of the selection: it no longer belongs on the destination
+            log.warning("collection renamed out of the selection; dropped on the destination",
+                        extra={"from": src, "to": to})
+            self.drop(nsmap.target(src))
+            return True
+        log.error("collection renamed into the selection: its documents were never copied; resync it",
+                  extra={"from": src, "to": to})
+        return False
+
+    def _drop_database(self, db: str, nsmap: NamespaceMap) -> None:
+        ddb = nsmap.map_db(db)
+        for name in self.client[ddb].list_collection_names():
+            if not name.startswith("system."):
+                self.client[ddb].drop_collection(name)
+        for src, dst in nsmap.coll_renames.items():
+            if src.partition(".")[0] == db:
+                self.drop(dst)
+
+    def _drop_indexes(self, dst_ns: str, which: Any) -> None:
+        ddb, dcoll = split_ns(dst_ns)
+        names = which if isinstance(which, list) else [which]
+        for name in names:
+            try:
+                self.client[ddb].command({"dropIndexes": dcoll, "index": name})
+            except OperationFailure as exc:
+                if exc.code not in (INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND):
+                    raise
+
     # --- documents ---
     def insert_copied(self, dst_ns: str, docs: list[RawBSONDocument]) -> None:
         """Insert a copied batch. A document already there (a resumed range) is replaced,
@@ -83,6 +161,23 @@ class MongoWriter:
             replaces = [ReplaceOne({"_id": docs[e["index"]]["_id"]}, docs[e["index"]], upsert=True)
                         for e in errors]
             coll.bulk_write(replaces, ordered=True, bypass_document_validation=True)
+
+    def bulk(self, dst_ns: str, ops: list[Any], session: ClientSession | None = None) -> None:
+        """Ordered bulk write of one namespace's final writes. An insert that meets a document with
+        the same _id (a replayed event) is turned into a replace, and the rest of the list goes on."""
+        coll = self.collection(dst_ns)
+        while ops:
+            try:
+                coll.bulk_write(ops, ordered=True, bypass_document_validation=True, session=session)
+                return
+            except BulkWriteError as exc:
+                err = exc.details["writeErrors"][0]
+                i = err["index"]
+                op = ops[i]
+                if err.get("code") != DUPLICATE_KEY or not isinstance(op, InsertOne):
+                    raise
+                doc = op._doc
+                ops = [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True), *ops[i + 1:]]
 
     def count(self, dst_ns: str) -> int:
         db, name = split_ns(dst_ns)

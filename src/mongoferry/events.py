@@ -1,0 +1,75 @@
+"""The one internal event type every capture produces and every sink consumes.
+
+A ChangeEvent is one change to one namespace, at one position of the source's
+history. Capture code (change streams, oplog tailing, oplog files) is the only
+code that builds them; appliers never see a raw change event or oplog entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from bson import Timestamp
+
+Op = Literal["insert", "replace", "update", "delete", "ddl", "noop"]
+UpdateKind = Literal["oplog", "description"]
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where in the source's history an event sits. `ts` orders; `token` resumes a change stream.
+    `index` orders events sharing one ts (the operations of one transaction or applyOps)."""
+
+    ts: Timestamp
+    index: int = 0
+    token: dict[str, Any] | None = field(default=None, compare=False)
+
+    def to_doc(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"ts": self.ts, "index": self.index}
+        if self.token is not None:
+            d["token"] = self.token
+        return d
+
+    @classmethod
+    def from_doc(cls, d: dict[str, Any]) -> Position:
+        return cls(ts=d["ts"], index=int(d.get("index", 0)), token=d.get("token"))
+
+
+@dataclass(frozen=True)
+class TxnId:
+    """Identifies one transaction: its session and transaction number."""
+
+    lsid: bytes  # the raw BSON of the lsid document, so it can be hashed and compared
+    txn_number: int
+
+
+@dataclass
+class ChangeEvent:
+    op: Op
+    ns: str  # "db.coll"; for database-level DDL, "db.$cmd"
+    position: Position
+    doc_id: Any = None  # the _id; None for DDL and no-ops
+    has_id: bool = False
+    document: Any = None  # full document for insert/replace (dict or RawBSONDocument)
+    update: dict[str, Any] | None = None  # update: oplog `o` or {updatedFields, removedFields, …}
+    update_kind: UpdateKind | None = None
+    ddl: dict[str, Any] | None = None  # the command, in oplog form: {create: …}, {drop: …}, …
+    txn: TxnId | None = None
+    wall: Any = None  # datetime the source wrote it, for lag
+    from_migrate: bool = False
+
+    @property
+    def db(self) -> str:
+        return self.ns.partition(".")[0]
+
+    @property
+    def coll(self) -> str:
+        return self.ns.partition(".")[2]
+
+    @property
+    def key(self) -> tuple[str, bytes]:
+        """Events with the same key touch the same document and must keep their order."""
+        import bson
+
+        return self.ns, bson.encode({"_id": self.doc_id})
