@@ -32,6 +32,7 @@ from pymongo.errors import PyMongoError
 
 from mongoferry import diff_apply
 from mongoferry.clients import DECODED, Client
+from mongoferry.errors import InconsistencyError
 from mongoferry.events import ChangeEvent
 from mongoferry.namespaces import NamespaceMap
 from mongoferry.sinks.mongo import MongoWriter
@@ -40,6 +41,7 @@ log = logging.getLogger("mongoferry.apply")
 
 Key = tuple[str, bytes]  # (destination namespace, encoded {_id})
 EVENT_TYPES = ("insert", "update", "replace", "delete", "ddl", "txn", "skipped")
+MAX_GROUP_EVENTS = 1000  # bounds one destination transaction
 
 
 @dataclass
@@ -77,9 +79,9 @@ def _as_dict(doc: Any) -> dict[str, Any]:
 
 
 class Applier:
-    def __init__(self, src: Client, dst: Client, nsmap: NamespaceMap, *,
+    def __init__(self, src: Client | None, dst: Client, nsmap: NamespaceMap, *,
                  lookup_until: Timestamp | None = None, use_transactions: bool = True) -> None:
-        self.src = src
+        self.src = src  # None: no source to read (oplog files); an irreproducible update is an error
         self.dst = dst
         self.nsmap = nsmap
         self.writer = MongoWriter(dst)
@@ -93,22 +95,29 @@ class Applier:
 
     # ------------------------------------------------------------------ entry point
     def apply(self, units: list[list[ChangeEvent]]) -> None:
-        segment: list[ChangeEvent] = []
+        """Apply units in order. Consecutive units form one group, written together; a group that
+        holds a source transaction is written in one destination transaction, so every source
+        transaction stays all-or-nothing (several of them may share one destination transaction)."""
+        group: list[ChangeEvent] = []
+        has_txn = False
         for unit in units:
             events = [e for e in unit if self._wanted(e)]
-            if not events:
+            for ddl in [e for e in events if e.op == "ddl"]:
+                # DDL is not transactional: write what came before it, then run it.
+                self._flush(group, has_txn)
+                group, has_txn = [], False
+                self._apply_ddl(ddl)
+            crud = [e for e in events if e.op != "ddl"]
+            if not crud:
                 continue
             if len(unit) > 1 or unit[0].txn is not None:
-                self._flush(segment)
-                segment = []
-                self._apply_transaction(events)
-            elif events[0].op == "ddl":
-                self._flush(segment)
-                segment = []
-                self._apply_ddl(events[0])
-            else:
-                segment.extend(events)
-        self._flush(segment)
+                has_txn = True
+                self.stats.counts["txn"] += 1
+            group.extend(crud)
+            if len(group) >= MAX_GROUP_EVENTS:
+                self._flush(group, has_txn)
+                group, has_txn = [], False
+        self._flush(group, has_txn)
         if len(self.watermarks) > 100_000:
             self._prune_watermarks(units)
 
@@ -124,8 +133,12 @@ class Applier:
             return self.nsmap.selected(e.ns) or self.nsmap.selected(str(e.ddl.get("to", "")))
         return self.nsmap.selected(e.ns)
 
-    def _flush(self, events: list[ChangeEvent]) -> None:
-        if events:
+    def _flush(self, events: list[ChangeEvent], transactional: bool) -> None:
+        if not events:
+            return
+        if transactional and self.use_transactions:
+            self._in_transaction(events)
+        else:
             self._apply_crud(events, session=None)
 
     # ------------------------------------------------------------------ documents
@@ -193,10 +206,12 @@ class Applier:
         if e.update_kind == "oplog":
             diff = u.get("diff")
             if isinstance(diff, dict) and "updatedFields" in diff:
-                # SecantusDB writes change-event style descriptions inside its $v:2 entries.
+                # SecantusDB writes change-event style descriptions of modifier updates inside its
+                # $v:2 entries: fields that exist are updated in place.
                 return diff_apply.apply_update_description(doc, diff.get("updatedFields", {}),
                                                            diff.get("removedFields", []),
-                                                           diff.get("truncatedArrays", []), None)
+                                                           diff.get("truncatedArrays", []), None,
+                                                           assume_in_place=True)
             return diff_apply.apply_oplog_update(doc, u)
         return diff_apply.apply_update_description(doc, u.get("updatedFields", {}), u.get("removedFields", []),
                                                    u.get("truncatedArrays", []), u.get("disambiguatedPaths"))
@@ -216,7 +231,13 @@ class Applier:
         for st in states.values():
             if st.lookup:
                 by_ns.setdefault((st.src_ns, st.dst_ns), []).append(st)
+        if by_ns and self.src is None:
+            st = next(iter(by_ns.values()))[0]
+            raise InconsistencyError(
+                f"cannot reproduce an update of {st.src_ns} _id {st.doc_id!r} exactly, and there is no source "
+                "to read the document from", "report the oplog entry; replay it with `mongoferry sync` instead")
         for (src_ns, dst_ns), group in by_ns.items():
+            assert self.src is not None
             db, _, coll = src_ns.partition(".")
             with self.src.start_session(causal_consistency=True) as s:
                 docs = {_key(dst_ns, d["_id"]): d for d in self.src[db].get_collection(
@@ -249,19 +270,6 @@ class Applier:
             self.writer.bulk(dst_ns, ops, session=session)
 
     # ------------------------------------------------------------------ transactions
-    def _apply_transaction(self, events: list[ChangeEvent]) -> None:
-        crud = [e for e in events if e.op != "ddl"]
-        for e in events:
-            if e.op == "ddl":
-                self._apply_ddl(e)  # DDL inside a transaction (implicit creates) runs outside it
-        if not crud:
-            return
-        self.stats.counts["txn"] += 1
-        if not self.use_transactions:
-            self._apply_crud(crud, session=None)
-            return
-        self._in_transaction(crud)
-
     def _in_transaction(self, crud: list[ChangeEvent], attempts: int = 20) -> None:
         """All of one source transaction in one destination transaction, retried on transient errors."""
         for attempt in range(attempts):

@@ -9,7 +9,8 @@ from mongoferry.clients import Client
 from mongoferry.namespaces import NamespaceMap
 
 # Index spec fields that describe how an index was built, not what it is.
-_BUILD_ONLY_INDEX_FIELDS = ("ns", "background")
+# (`entryFormat` is SecantusDB's internal field in createIndexes oplog entries.)
+_BUILD_ONLY_INDEX_FIELDS = ("ns", "background", "entryFormat")
 
 
 @dataclass

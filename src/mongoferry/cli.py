@@ -13,7 +13,14 @@ import click
 from click.core import ParameterSource
 
 from mongoferry import __version__
-from mongoferry.config import CopySettings, Settings, StatusSettings, SyncSettings, load_settings
+from mongoferry.config import (
+    CopySettings,
+    ReplayOplogSettings,
+    Settings,
+    StatusSettings,
+    SyncSettings,
+    load_settings,
+)
 from mongoferry.errors import EXIT_UNEXPECTED, MongoferryError
 from mongoferry.logs import resolve_format, setup_logging
 from mongoferry.redact import redact
@@ -221,6 +228,29 @@ def commit(ctx: click.Context, /, **values: Any) -> None:
     from mongoferry.status_cmd import run_commit
 
     run_guarded(lambda: run_commit(settings_from(ctx, StatusSettings, values)))
+
+
+@main.command("replay-oplog")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--dst", help=env_help("Destination connection string.", "dst"))
+@click.option("--oplog-limit", help=env_help("Apply only entries before SECONDS[:ORDINAL] (exclusive), like "
+                                             "mongorestore --oplogLimit.", "oplog_limit"))
+@click.option("--include", multiple=True, help=env_help("Apply only this DB or DB.COLL (repeatable).", "include"))
+@click.option("--exclude", multiple=True, help=env_help("Skip this DB or DB.COLL (repeatable).", "exclude"))
+@click.option("--rename", multiple=True, help=env_help("Rename OLD_DB=NEW_DB or DB.COLL=DB2.COLL2.", "rename"))
+@click.option("--connect-timeout", type=float, help=env_help("Seconds to wait for the server.", "connect_timeout"))
+@common_options
+@click.pass_context
+def replay_oplog(ctx: click.Context, /, files: tuple[str, ...], **values: Any) -> None:
+    """Apply BSON files of oplog entries (mongodump's oplog.bson, or a dump of
+    local.oplog.rs) to a destination, in timestamp order, with sync's applier.
+
+    Every entry is checked before anything is written; entries with fromMigrate
+    are skipped, no-ops ignored, unknown operations refused (exit 4).
+    """
+    from mongoferry.replay_oplog import run_replay_oplog
+
+    run_guarded(lambda: run_replay_oplog(settings_from(ctx, ReplayOplogSettings, values), list(files)))
 
 
 @main.command()

@@ -87,6 +87,17 @@ class SyncSettings(CopySettings):
     max_batch: int = Field(1000, ge=1, le=100_000)
 
 
+class ReplayOplogSettings(Settings):
+    dst: str | None = None
+    oplog_limit: str | None = Field(None, description="SECONDS[:ORDINAL]: apply entries before this time only")
+    include: StrList = Field(default_factory=list)
+    exclude: StrList = Field(default_factory=list)
+    rename: StrList = Field(default_factory=list)
+    connect_timeout: float = Field(10.0, gt=0)
+
+    _split = field_validator("include", "exclude", "rename", mode="before")(_split_list)
+
+
 class StatusSettings(Settings):
     dst: str | None = None
     meta: str | None = None

@@ -50,6 +50,9 @@ class NamespaceMap:
     db_renames: dict[str, str] = field(default_factory=dict)
     coll_renames: dict[str, str] = field(default_factory=dict)
     meta_db: str = "mongoferry_meta"
+    # Time-series buckets are internal: copy and sync move measurements through the collection
+    # itself, but an oplog replay must apply raw bucket writes as the dump recorded them.
+    buckets: bool = False
 
     @classmethod
     def build(
@@ -58,6 +61,7 @@ class NamespaceMap:
         exclude: Iterable[str] = (),
         rename: Iterable[str] = (),
         meta_db: str = "mongoferry_meta",
+        buckets: bool = False,
     ) -> NamespaceMap:
         inc, exc = tuple(include), tuple(exclude)
         for v in inc:
@@ -91,10 +95,12 @@ class NamespaceMap:
                         "give each source its own destination",
                     )
                 seen[d] = s
-        return cls(inc, exc, db_renames, coll_renames, meta_db)
+        return cls(inc, exc, db_renames, coll_renames, meta_db, buckets)
 
     def is_system(self, ns: str) -> bool:
         db, coll = split_ns(ns)
+        if self.buckets and coll.startswith("system.buckets."):
+            return db in SYSTEM_DATABASES or db == self.meta_db
         return db in SYSTEM_DATABASES or db == self.meta_db or coll.startswith("system.")
 
     def db_selected(self, db: str) -> bool:

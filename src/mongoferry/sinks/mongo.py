@@ -11,7 +11,7 @@ from pymongo import InsertOne, ReplaceOne
 from pymongo.client_session import ClientSession
 from pymongo.errors import BulkWriteError, OperationFailure
 
-from mongoferry.catalog import CollectionSpec
+from mongoferry.catalog import CollectionSpec, clean_index_spec
 from mongoferry.clients import RAW, Client
 from mongoferry.namespaces import NamespaceMap
 
@@ -91,8 +91,7 @@ class MongoWriter:
             elif cmd == "dropDatabase":
                 self._drop_database(db, nsmap)
             elif cmd == "createIndexes":
-                self.create_indexes(dst_ns, [{k: v for k, v in ix.items() if k not in ("ns", "background")}
-                                             for ix in ddl.get("indexes", [])])
+                self.create_indexes(dst_ns, [clean_index_spec(ix) for ix in ddl.get("indexes", [])])
             elif cmd == "dropIndexes":
                 self._drop_indexes(dst_ns, ddl.get("index"))
             elif cmd == "collMod":
