@@ -95,9 +95,9 @@ class Applier:
 
     # ------------------------------------------------------------------ entry point
     def apply(self, units: list[list[ChangeEvent]]) -> None:
-        """Apply units in order. Consecutive units form one group, written together; a group that
-        holds a source transaction is written in one destination transaction, so every source
-        transaction stays all-or-nothing (several of them may share one destination transaction)."""
+        """Apply units in order. Consecutive units of the same kind form one group, written together:
+        consecutive source transactions share one destination transaction (each stays all-or-nothing),
+        other writes go outside transactions (capped collections, for one, refuse them)."""
         group: list[ChangeEvent] = []
         has_txn = False
         for unit in units:
@@ -110,8 +110,12 @@ class Applier:
             crud = [e for e in events if e.op != "ddl"]
             if not crud:
                 continue
-            if len(unit) > 1 or unit[0].txn is not None:
-                has_txn = True
+            is_txn = len(unit) > 1 or unit[0].txn is not None
+            if group and is_txn != has_txn:
+                self._flush(group, has_txn)
+                group = []
+            has_txn = is_txn
+            if is_txn:
                 self.stats.counts["txn"] += 1
             group.extend(crud)
             if len(group) >= MAX_GROUP_EVENTS:
@@ -213,8 +217,13 @@ class Applier:
                                                            diff.get("truncatedArrays", []), None,
                                                            assume_in_place=True)
             return diff_apply.apply_oplog_update(doc, u)
+        # After the copy window the destination holds exactly the event's pre-image, so existing fields
+        # are updated in place: exact for every modifier update. (A pipeline update that moves a field is
+        # indistinguishable here; see docs/compatibility.md. diff_apply still refuses the cases it can
+        # detect, which then read the source.)
         return diff_apply.apply_update_description(doc, u.get("updatedFields", {}), u.get("removedFields", []),
-                                                   u.get("truncatedArrays", []), u.get("disambiguatedPaths"))
+                                                   u.get("truncatedArrays", []), u.get("disambiguatedPaths"),
+                                                   assume_in_place=True)
 
     def _read_destination(self, need: dict[str, set[bytes]], session: ClientSession | None) -> dict[Key, Any]:
         found: dict[Key, Any] = {}

@@ -257,11 +257,17 @@ def replay_oplog(ctx: click.Context, /, files: tuple[str, ...], **values: Any) -
 @click.option("--docs", type=int, default=200_000, show_default=True, help="Documents in the sample data set.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Copy workers.")
 @click.option("--keep", is_flag=True, help="Keep the servers' data directory and print its path.")
+@click.option("--copy-only", is_flag=True, help="Run a one-off copy instead of the live sync and commit.")
 @click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text"]), default="auto",
               show_default=True, help="Progress style.")
-def demo(docs: int, workers: int, keep: bool, log_format: str) -> None:
-    """Run a copy between two embedded SecantusDB servers on a realistic sample."""
+def demo(docs: int, workers: int, keep: bool, copy_only: bool, log_format: str) -> None:
+    """A live migration between two embedded SecantusDB servers, start to finish.
+
+    Loads a realistic sample, runs `sync` while a writer keeps changing the
+    source, shows state, lag and deltas, commits, and proves both sides identical.
+    """
     from mongoferry.demo import run_demo
 
     setup_logging("json" if resolve_format(log_format) == "json" else "text")
-    run_guarded(functools.partial(run_demo, docs=docs, workers=workers, keep=keep, log_format=log_format))
+    run_guarded(functools.partial(run_demo, docs=docs, workers=workers, keep=keep, log_format=log_format,
+                                  copy_only=copy_only))

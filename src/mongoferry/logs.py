@@ -69,7 +69,8 @@ def setup_logging(fmt: str, level: str = "info") -> None:
     handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("pymongo").setLevel(logging.WARNING)
+    for noisy in ("pymongo", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def resolve_format(requested: str) -> str:
