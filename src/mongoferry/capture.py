@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +66,46 @@ def history_lost(position: Position, client: Client, detail: str) -> HistoryLost
         "the oplog rolled over while mongoferry was stopped or too slow; enlarge the oplog and start a new "
         "sync with --drop-dst (a resync), or drop the metadata database to start over",
     )
+
+
+class Prefetching:
+    """Reads the next batch in a thread while the caller applies the current one."""
+
+    def __init__(self, inner: Capture, max_events: int, depth: int = 2) -> None:
+        self.inner = inner
+        self.max_events = max_events
+        self.queue: queue.Queue[Batch | BaseException] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                batch = self.inner.next_batch(self.max_events)
+            except BaseException as exc:  # handed to the caller, which decides
+                self._put(exc)
+                return
+            self._put(batch)
+
+    def _put(self, item: Batch | BaseException) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def next_batch(self, max_events: int) -> Batch:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        self.inner.close()
 
 
 # ------------------------------------------------------------------ change streams

@@ -17,7 +17,7 @@ from typing import Any
 from pymongo.errors import ConnectionFailure, OperationFailure
 
 from mongoferry.apply import Applier
-from mongoferry.capture import Batch, Capture, lag_seconds
+from mongoferry.capture import Batch, Capture, Prefetching, lag_seconds
 from mongoferry.errors import MongoferryError
 from mongoferry.events import Position
 from mongoferry.state import MetaStore
@@ -57,7 +57,7 @@ class Replayer:
         """Read and apply one batch; checkpoint after it. Transient failures reopen from the checkpoint."""
         try:
             if self.capture is None:
-                self.capture = self.open_capture(self.position)
+                self.capture = Prefetching(self.open_capture(self.position), self.max_batch)
             batch = self.capture.next_batch(self.max_batch)
             if batch.units:
                 self.applier.apply(batch.units)
@@ -98,7 +98,9 @@ class Replayer:
             self.status.events = self.applier.stats.counts.copy()
 
     def drain(self) -> None:
-        """Apply everything the source has written up to now (used at commit)."""
+        """Apply everything the source has written up to now (used at commit). The capture is reopened
+        from the checkpoint first, so no batch read ahead before this call can stand for 'caught up'."""
+        self.close()
         while not self.stop.is_set():
             if self.step().idle:
                 return

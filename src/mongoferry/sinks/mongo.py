@@ -162,9 +162,27 @@ class MongoWriter:
             coll.bulk_write(replaces, ordered=True, bypass_document_validation=True)
 
     def bulk(self, dst_ns: str, ops: list[Any], session: ClientSession | None = None) -> None:
-        """Ordered bulk write of one namespace's final writes. An insert that meets a document with
-        the same _id (a replayed event) is turned into a replace, and the rest of the list goes on."""
+        """Write one namespace's final writes (one per document). They touch distinct documents, so
+        they go unordered (one command per operation type); an insert that meets an existing _id (a
+        replayed event) becomes a replace. Any other error (a unique secondary index conflict that
+        depends on order) retries the whole list in the events' order."""
         coll = self.collection(dst_ns)
+        try:
+            coll.bulk_write(ops, ordered=False, bypass_document_validation=True, session=session)
+            return
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if session is not None or any(e.get("code") != DUPLICATE_KEY or not isinstance(ops[e["index"]], InsertOne)
+                                          for e in errors):
+                if session is not None:
+                    raise
+                self._bulk_ordered(coll, ops, session)
+                return
+            redo = [ops[e["index"]] for e in errors]
+        self._bulk_ordered(coll, [ReplaceOne({"_id": op._doc["_id"]}, op._doc, upsert=True) for op in redo], session)
+
+    @staticmethod
+    def _bulk_ordered(coll: Any, ops: list[Any], session: ClientSession | None) -> None:
         while ops:
             try:
                 coll.bulk_write(ops, ordered=True, bypass_document_validation=True, session=session)
