@@ -1,0 +1,109 @@
+"""Pure parts of capture, status and server: change events → internal events, commit readiness, binds."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import bson
+import pytest
+from bson import Timestamp
+
+from mongoferry.capture import change_event_to_event, lag_seconds
+from mongoferry.errors import UsageError
+from mongoferry.server import parse_bind
+from mongoferry.status import SyncStatus
+
+TOKEN = {"_data": "8265"}
+
+
+def change(op: str, **extra: object) -> dict[str, object]:
+    return {"_id": TOKEN, "operationType": op, "clusterTime": Timestamp(10, 2),
+            "wallTime": dt.datetime(2026, 1, 1), "ns": {"db": "shop", "coll": "items"}, **extra}
+
+
+def test_insert_carries_document_key_position_and_wall_time() -> None:
+    e = change_event_to_event(change("insert", documentKey={"_id": 7}, fullDocument={"_id": 7, "a": 1}))
+    assert (e.op, e.ns, e.doc_id, e.has_id, e.document) == ("insert", "shop.items", 7, True, {"_id": 7, "a": 1})
+    assert e.position.ts == Timestamp(10, 2) and e.position.token == TOKEN
+    assert e.wall == dt.datetime(2026, 1, 1) and e.txn is None
+
+
+def test_update_uses_the_raw_description_when_the_server_sends_it() -> None:
+    desc = {"updatedFields": {"a.b": 1}, "removedFields": ["c"], "truncatedArrays": []}
+    e = change_event_to_event(change("update", documentKey={"_id": 1}, updateDescription=desc))
+    assert e.update_kind == "description" and e.update == desc
+    raw = {"$v": 2, "diff": {"u": {"a": 1}}}
+    e = change_event_to_event(change("update", documentKey={"_id": 1}, updateDescription=desc,
+                                     rawUpdateDescription=raw))
+    assert e.update_kind == "oplog" and e.update == raw
+
+
+def test_transaction_fields_become_a_txn_id() -> None:
+    lsid = {"id": bson.Binary(b"\x01" * 16, 4)}
+    e = change_event_to_event(change("delete", documentKey={"_id": 1}, lsid=lsid, txnNumber=5))
+    assert e.txn is not None and e.txn.txn_number == 5 and e.txn.lsid == bson.encode(lsid)
+
+
+@pytest.mark.parametrize(("op", "extra", "ddl"), [
+    ("create", {"operationDescription": {"capped": True, "size": 10}}, {"create": "items", "capped": True, "size": 10}),
+    ("drop", {}, {"drop": "items"}),
+    ("rename", {"to": {"db": "shop", "coll": "goods"}, "operationDescription": {"dropTarget": bson.Binary(b"x", 4)}},
+     {"renameCollection": "shop.items", "to": "shop.goods", "dropTarget": True}),
+    ("createIndexes", {"operationDescription": {"indexes": [{"v": 2, "key": {"a": 1}, "name": "a_1"}]}},
+     {"createIndexes": "items", "indexes": [{"v": 2, "key": {"a": 1}, "name": "a_1"}]}),
+    ("dropIndexes", {"operationDescription": {"indexes": [{"v": 2, "key": {"a": 1}, "name": "a_1"}]}},
+     {"dropIndexes": "items", "index": ["a_1"]}),
+    ("modify", {"operationDescription": {"validator": {"a": {"$exists": True}}}},
+     {"collMod": "items", "validator": {"a": {"$exists": True}}}),
+])
+def test_ddl_events_become_oplog_style_commands(op: str, extra: dict[str, object], ddl: dict[str, object]) -> None:
+    e = change_event_to_event(change(op, **extra))
+    assert e.op == "ddl" and e.ns == "shop.items" and e.ddl == ddl
+
+
+def test_drop_database_has_a_database_namespace() -> None:
+    e = change_event_to_event({"_id": TOKEN, "operationType": "dropDatabase", "clusterTime": Timestamp(1, 1),
+                               "ns": {"db": "shop"}})
+    assert e.ns == "shop.$cmd" and e.ddl == {"dropDatabase": 1}
+
+
+def test_unknown_event_types_are_kept_visible_as_unsupported_ddl() -> None:
+    e = change_event_to_event(change("shardCollection", operationDescription={"shardKey": {"a": 1}}))
+    assert e.op == "ddl" and e.ddl is not None and e.ddl["unsupported"] == "shardCollection"
+
+
+def test_lag_is_zero_without_a_wall_time_and_positive_for_old_events() -> None:
+    assert lag_seconds(None) == 0.0
+    assert lag_seconds(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)) >= 4.9
+
+
+def test_can_commit_needs_a_finished_copy_and_small_lag() -> None:
+    s = SyncStatus()
+    s.set(state="RUNNING", lag=0.2)
+    assert not s.can_commit()
+    s.set(copy_done=True)
+    assert s.can_commit() and s.snapshot()["canCommit"] is True
+    s.set(lag=3.0)
+    assert not s.can_commit()
+    s.set(lag=0.0, state="COMMITTED")
+    assert not s.can_commit()
+
+
+def test_snapshot_has_every_documented_field() -> None:
+    snap = SyncStatus().snapshot()
+    assert set(snap) >= {"state", "canCommit", "lagTimeSeconds", "copy", "events", "namespaces"}
+    assert set(snap["copy"]) == {"totalDocs", "copiedDocs", "totalBytes", "copiedBytes"}
+    assert set(snap["events"]) == {"insert", "update", "replace", "delete", "ddl", "txn", "skipped"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [("127.0.0.1:27182", ("127.0.0.1", 27182)),
+                                                ("0.0.0.0:0", ("0.0.0.0", 0)), ("off", None), ("none", None)])
+def test_parse_bind(text: str, expected: tuple[str, int] | None) -> None:
+    assert parse_bind(text) == expected
+
+
+@pytest.mark.parametrize("text", ["nonsense", "host:", ":80", "host:99999", "host:x"])
+def test_parse_bind_rejects_bad_addresses(text: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_bind(text)
+    assert err.value.exit_code == 2 and text in err.value.message
