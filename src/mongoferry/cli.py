@@ -271,3 +271,9 @@ def demo(docs: int, workers: int, keep: bool, copy_only: bool, log_format: str) 
     setup_logging("json" if resolve_format(log_format) == "json" else "text")
     run_guarded(functools.partial(run_demo, docs=docs, workers=workers, keep=keep, log_format=log_format,
                                   copy_only=copy_only))
+
+
+# Registered last: its heavy imports load only when the command runs.
+from mongoferry.publish_redis import publish_redis_command  # noqa: E402
+
+main.add_command(publish_redis_command)

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import click
+from bson import json_util
+from bson.dbref import DBRef
 from bson.timestamp import Timestamp
 from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
@@ -296,6 +298,39 @@ def _epoch(wall: Any, ts: Timestamp) -> float:
     return float(ts.time)
 
 
+def _flattened_update(change: Mapping[str, Any]) -> Mapping[str, Any]:
+    """In deep mode, the leaf paths of document values in ``updatedFields``, as OTR lists them.
+
+    OTR's deep converter walks each new value (``flatKeys``): ``$set {n: {a: {b: 1}}}`` gives
+    ``n.a.b``, not ``n``. A change event without ``rawUpdateDescription`` (MongoDB before 6.0,
+    or servers that do not offer it) only has ``updatedFields``, so its document values are
+    flattened the same way before the fields are read from it. Arrays and empty documents stay.
+    """
+    desc = change.get("updateDescription")
+    if change.get("operationType") != "update" or "rawUpdateDescription" in change or not isinstance(desc, Mapping):
+        return change
+    updated = desc.get("updatedFields")
+    if not isinstance(updated, Mapping) or not any(_nonempty_doc(v) for v in updated.values()):
+        return change
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        doc = value.as_doc() if isinstance(value, DBRef) else value
+        if isinstance(doc, Mapping) and doc:
+            for k, v in doc.items():
+                walk(f"{prefix}.{k}", v)
+        else:
+            flat[prefix] = value
+
+    for key, value in updated.items():
+        walk(str(key), value)
+    return {**change, "updateDescription": {**desc, "updatedFields": flat}}
+
+
+def _nonempty_doc(value: Any) -> bool:
+    return isinstance(value, DBRef) or (isinstance(value, Mapping) and bool(value))
+
+
 def _oplog_ops(entry: Mapping[str, Any]) -> int:
     """How many transaction indexes one oplog entry uses (its i/u/d operations, depth first)."""
     op = entry.get("op")
@@ -544,7 +579,6 @@ class PublishJob:
     # ------------------------------------------------------------ start position
     def initial_start(self) -> StartPoint:
         """OTR's rule: resume from the stored position if younger than the max catch-up, else the end."""
-        from bson import json_util
         from redis.exceptions import RedisError
 
         from mongoferry.redis_sink import read_position
@@ -598,6 +632,7 @@ class PublishJob:
         announced = False
         pause = 0.2
         failing_since: float | None = None
+        last_log = 0.0
         while not self.stop.is_set():
             opened = False
             try:
@@ -613,7 +648,7 @@ class PublishJob:
                     failing_since, pause = None, 0.2
                 self.pump()
             except HistoryLost as exc:
-                self.report_skip(start.ts or self.reader.last_ts, f"MongoDB no longer holds the position ({exc})")
+                self.report_skip(self.reader.last_ts or start.ts, f"MongoDB no longer holds the position ({exc})")
                 self.reader.close()
                 start = StartPoint()
             except PyMongoError as exc:
@@ -625,9 +660,14 @@ class PublishJob:
                     continue
                 start = self.reader.resume_point(start)
                 self.reader.close()
+                now = time.time()
                 if failing_since is None:
-                    failing_since = time.time()
+                    failing_since = last_log = now
                     log.warning("lost MongoDB, retrying: %s", redact(str(exc)))
+                elif now - last_log >= 30:
+                    last_log = now
+                    log.warning("still cannot read from MongoDB after %.0fs: %s", now - failing_since,
+                                redact(str(exc)))
                 self.stop.wait(pause)
                 pause = min(pause * 2, RECONNECT_MAX_S)
         self.reader.close()
@@ -653,14 +693,14 @@ class PublishJob:
                                       "see the log above; rerun the same command to resume")
 
     def handle(self, doc: Mapping[str, Any]) -> None:
-        from bson import json_util
-
         from mongoferry.redis_sink import Outgoing
 
         self.metrics.events_received.inc()
         token: str | None = None
         if isinstance(self.reader, _ChangeStreamReader):
             tx_index = self.reader.indexer.index(doc)
+            if self.s.deep_fields:
+                doc = _flattened_update(doc)
             pubs, problems = publications_from_change_event(
                 doc, tx_index=tx_index, deep_fields=self.s.deep_fields, meteor_ids=self.s.meteor_ids,
                 metadata_prefix=self.s.metadata_prefix)
@@ -769,7 +809,7 @@ def run_publish_redis(settings: PublishRedisSettings) -> int:
     timeout = settings.connect_timeout
     redis_timeout = min(timeout, 5.0)
     clients = [open_redis(t, redis_timeout) for t in targets]
-    health = [open_redis(t, HEALTH_TIMEOUT_S, retries=0) for t in targets]
+    health = [open_redis(t, HEALTH_TIMEOUT_S) for t in targets]  # one quick retry: a restart breaks pooled sockets
 
     # 2. The servers.
     from bson.raw_bson import RawBSONDocument
@@ -845,18 +885,20 @@ def _env(text: str, name: str, otr: str | None = None) -> str:
 
 
 @click.command("publish-redis", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--mongo-url", "--src", "mongo_url",
+@click.option("--mongo-url", "--src", "mongo_url", metavar="URI",
               help=_env("MongoDB connection string (mongos or replica set).", "mongo_url", "OTR_MONGO_URL"))
-@click.option("--redis-url", help=_env("Redis URL(s), comma-separated; each gets every message. redis://, "
-                                       "rediss:// or redis-sentinel://.", "redis_url", "OTR_REDIS_URL"))
-@click.option("--http", help=_env("HOST:PORT of /healthz and /metrics, or 'off' (default 127.0.0.1:9000).",
-                                  "http", "OTR_HTTP_SERVER_ADDR"))
+@click.option("--redis-url", metavar="URL[,URL...]",
+              help=_env("Redis URL(s), comma-separated; each gets every message. redis://, rediss:// or "
+                        "redis-sentinel://.", "redis_url", "OTR_REDIS_URL"))
+@click.option("--http", metavar="HOST:PORT",
+              help=_env("Serve /healthz and /metrics here, or 'off' (default 127.0.0.1:9000).", "http",
+                        "OTR_HTTP_SERVER_ADDR"))
 @click.option("--capture", type=click.Choice(["change-stream", "oplog"]),
               help=_env("Change streams (default; works through mongos) or tailing local.oplog.rs.", "capture"))
-@click.option("--max-catch-up", "max_catch_up_s",
+@click.option("--max-catch-up", "max_catch_up_s", metavar="DURATION",
               help=_env("Resume only from a stored position younger than this (default 120s; seconds or Go "
                         "duration).", "max_catch_up_s", "OTR_MAX_CATCH_UP"))
-@click.option("--dedupe-ttl", "dedupe_ttl_s",
+@click.option("--dedupe-ttl", "dedupe_ttl_s", metavar="DURATION",
               help=_env("Lifetime of the dedupe keys (default 150s).", "dedupe_ttl_s", "OTR_REDIS_DEDUPE_EXPIRATION"))
 @click.option("--metadata-prefix", help=_env("Prefix of the dedupe and position keys (default oplogtoredis::).",
                                              "metadata_prefix", "OTR_REDIS_METADATA_PREFIX"))
@@ -866,13 +908,14 @@ def _env(text: str, name: str, otr: str | None = None) -> str:
 @click.option("--meteor-ids/--no-meteor-ids", default=None,
               help=_env("Name per-document channels with Meteor's MongoID.idStringify (and publish numeric ids).",
                         "meteor_ids"))
-@click.option("--flush-interval", "flush_interval_s",
+@click.option("--flush-interval", "flush_interval_s", metavar="DURATION",
               help=_env("How often the position is stored (default 1s).", "flush_interval_s",
                         "OTR_TIMESTAMP_FLUSH_INTERVAL"))
 @click.option("--batch-size", type=int,
               help=_env("Most publications per script call (default 100).", "batch_size", "OTR_REDIS_BATCH_SIZE"))
-@click.option("--connect-timeout", help=_env("Seconds to wait for each server (default 10).", "connect_timeout",
-                                             "OTR_MONGO_CONNECT_TIMEOUT"))
+@click.option("--connect-timeout", metavar="SECONDS",
+              help=_env("Seconds to wait for each server (default 10).", "connect_timeout",
+                        "OTR_MONGO_CONNECT_TIMEOUT"))
 @click.option("--config", type=click.Path(dir_okay=False), help="YAML file of options (lowest precedence).")
 @click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text"]),
               help=_env("Log style (default json).", "log_format"))

@@ -102,7 +102,8 @@ def parse_redis_urls(urls: Sequence[str], flag: str = "--redis-url") -> list[Red
     targets: list[RedisTarget] = []
     for index, url in enumerate(urls):
         shown = redact(redact_uri(url))
-        hint = "the form is redis://[[user]:password@]host[:port][/db], rediss://… or redis-sentinel://…"
+        hint = ("the form is redis://HOST[:PORT][/DB] with optional USER:PASSWORD@ before HOST; rediss:// for TLS, "
+                "redis-sentinel://[PASSWORD@]HOST:PORT?sentinelMasterId=NAME for Sentinel")
         try:
             parts = urlsplit(url)
             port = parts.port  # raises ValueError on a bad port
