@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--ops", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--rate", type=float, default=0.0, help="writer ops/s for (c); default half the ceiling")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mongoferry-bench-apply-"))
     src_server = EmbeddedServer(root / "src").start()
@@ -160,14 +161,15 @@ def main() -> None:
         ops = workload(args.ops, args.docs)
         ceil = ceiling(dst, ops, args.docs)
         ours, lookups = throughput(src, dst, ops, args.docs)
-        lags = sorted(lag_under_load(src, dst, ceil / 2, args.seconds, args.docs))
+        rate = args.rate or ceil / 2
+        lags = sorted(lag_under_load(src, dst, rate, args.seconds, args.docs))
         p50 = statistics.median(lags)
         p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
         print(f"workload: {args.ops:,} ops (30% insert, 40% update, 10% replace, 20% delete) on {args.docs:,} docs")
         print(f"{'run':<44}{'ops/s':>10}{'ratio':>8}")
         print(f"{'(a) ceiling: bulk_write straight to dst':<44}{ceil:>10,.0f}{1.0:>8.2f}")
         print(f"{'(b) mongoferry capture + apply':<44}{ours:>10,.0f}{ours / ceil:>8.2f}   ({lookups:,} source lookups)")
-        print(f"(c) lag at {ceil / 2:,.0f} ops/s for {args.seconds:.0f}s: p50 {p50:.3f}s  p99 {p99:.3f}s "
+        print(f"(c) lag at {rate:,.0f} ops/s for {args.seconds:.0f}s: p50 {p50:.3f}s  p99 {p99:.3f}s "
               f"over {len(lags):,} events")
         print(f"date {dt.date.today()}")
     finally:

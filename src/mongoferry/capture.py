@@ -30,6 +30,9 @@ log = logging.getLogger("mongoferry.capture")
 
 HISTORY_LOST_CODES = {286, 280, 136}  # ChangeStreamHistoryLost, ChangeStreamFatalError, CappedPositionLost
 Unit = list[ChangeEvent]
+# A batch closes this long after its first event even if more keep coming: under a steady trickle
+# the stream is never idle, and waiting for a full batch would add seconds of lag.
+MAX_BATCH_WAIT_S = 0.2
 
 
 @dataclass
@@ -194,6 +197,7 @@ class ChangeStreamCapture:
     def next_batch(self, max_events: int) -> Batch:
         batch = Batch()
         unit: Unit = []
+        deadline: float | None = None
         while True:
             change = self._next()
             if change is None:
@@ -201,17 +205,18 @@ class ChangeStreamCapture:
                 break
             event = change_event_to_event(change)
             self.last_ts = event.position.ts
+            deadline = deadline or time.monotonic() + MAX_BATCH_WAIT_S
             if unit and (event.txn is None or event.txn != unit[0].txn):
                 batch.units.append(unit)
                 unit = []
-                if batch.events >= max_events:
+                if batch.events >= max_events or time.monotonic() > deadline:
                     self._carry = change
                     break
             unit.append(event)
             if event.txn is None:
                 batch.units.append(unit)
                 unit = []
-                if batch.events >= max_events:
+                if batch.events >= max_events or time.monotonic() > deadline:
                     break
         if unit:  # a transaction ends when the stream has nothing more or another event follows
             batch.units.append(unit)
@@ -246,7 +251,8 @@ class OplogCapture:
 
     def next_batch(self, max_events: int) -> Batch:
         batch = Batch()
-        while batch.events < max_events:
+        deadline = time.monotonic() + MAX_BATCH_WAIT_S
+        while batch.events < max_events and (not batch.units or time.monotonic() < deadline):
             if not self.cursor.alive:
                 self.cursor = self.client.local["oplog.rs"].find(
                     {"ts": {"$gt": self.last_ts}}, cursor_type=_tailable_await()).max_await_time_ms(self.await_ms)
