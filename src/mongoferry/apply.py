@@ -8,7 +8,7 @@ For each run of non-transaction events (and for each transaction on its own):
 3. where an update cannot be reproduced exactly (a change event's description
    is ambiguous, or the event falls in the copy window where the destination may
    already be ahead), the source's current document is read instead ("lookup");
-   its read time becomes a watermark: older events for that document are skipped;
+   the batch's other events for that document are then not replayed (the read holds them);
 4. one final write per document (replace-upsert or delete), in the order of each
    document's last event; a transaction's writes go in one destination transaction.
 Replaying any event twice leaves the same result.
@@ -89,7 +89,6 @@ class Applier:
         # read later state): their updates are resolved by reading the source.
         self.lookup_until = lookup_until
         self.use_transactions = use_transactions
-        self.watermarks: dict[Key, Timestamp] = {}
         self.stats = ApplyStats()
         self._seq = 0
 
@@ -122,8 +121,6 @@ class Applier:
                 self._flush(group, has_txn)
                 group, has_txn = [], False
         self._flush(group, has_txn)
-        if len(self.watermarks) > 100_000:
-            self._prune_watermarks(units)
 
     def _wanted(self, e: ChangeEvent) -> bool:
         if e.op == "noop":
@@ -155,9 +152,6 @@ class Applier:
             key = _key(dst_ns, e.doc_id)
             st = states.setdefault(key, DocState(e.ns, dst_ns, e.doc_id))
             st.last_seq = self._seq
-            mark = self.watermarks.get(key)
-            if mark is not None and e.position.ts <= mark:
-                continue  # the document was read from the source after this event: already included
             st.events.append(e)
         # Which documents need the destination's current version, and which the source's.
         need_dst: dict[str, set[bytes]] = {}
@@ -217,6 +211,10 @@ class Applier:
                                                            diff.get("truncatedArrays", []), None,
                                                            assume_in_place=True)
             return diff_apply.apply_oplog_update(doc, u)
+        if _adds_several_fields_to_one_parent(doc, u.get("updatedFields", {})):
+            # Where one update creates several fields in one object, their order in the document is the
+            # server's to choose (and some servers list them in another order): read the source.
+            return None
         # After the copy window the destination holds exactly the event's pre-image, so existing fields
         # are updated in place: exact for every modifier update. (A pipeline update that moves a field is
         # indistinguishable here; see docs/compatibility.md. diff_apply still refuses the cases it can
@@ -251,13 +249,12 @@ class Applier:
             with self.src.start_session(causal_consistency=True) as s:
                 docs = {_key(dst_ns, d["_id"]): d for d in self.src[db].get_collection(
                     coll, codec_options=DECODED).find({"_id": {"$in": [g.doc_id for g in group]}}, session=s)}
-                read_at = s.operation_time
             self.stats.lookups += len(group)
             for st in group:
-                key = _key(dst_ns, st.doc_id)
-                st.doc = docs.get(key)
-                if isinstance(read_at, Timestamp):
-                    self.watermarks[key] = read_at
+                # The source's current document already holds this batch's events for it; later events
+                # are replayed onto it, which converges (no "already read" watermark: a read's
+                # operationTime can pass a concurrent write it did not see).
+                st.doc = docs.get(_key(dst_ns, st.doc_id))
 
     def _write(self, states: list[DocState], session: ClientSession | None) -> None:
         by_ns: dict[str, list[DocState]] = {}
@@ -306,7 +303,26 @@ class Applier:
         if not handled:
             log.warning("DDL not replicated", extra={"ns": e.ns, "command": next(iter(ddl), "?")})
 
-    def _prune_watermarks(self, units: list[list[ChangeEvent]]) -> None:
-        last = units[-1][-1].position.ts if units and units[-1] else None
-        if last is not None:
-            self.watermarks = {k: v for k, v in self.watermarks.items() if v > last}
+
+def _path_exists(doc: Any, path: str) -> bool:
+    node = doc
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def _adds_several_fields_to_one_parent(doc: dict[str, Any], updated: dict[str, Any]) -> bool:
+    parents: set[str] = set()
+    for path in updated:
+        parent, _, last = path.rpartition(".")
+        if last.isdigit() or _path_exists(doc, path):
+            continue
+        if parent in parents:
+            return True
+        parents.add(parent)
+    return False

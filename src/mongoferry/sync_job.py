@@ -115,8 +115,9 @@ class SyncJob:
                     self.stop.wait(0.2)
                     continue
                 batch = replayer.step()
-                if self.status.state == "PAUSED" or (batch.idle and self.status.state == "CATCHING_UP"):
-                    self.status.set(state="RUNNING" if batch.idle else "CATCHING_UP")
+                caught_up = batch.idle or (batch.units and self.status.lag < 1.0)
+                if self.status.state in ("PAUSED", "CATCHING_UP"):
+                    self.status.set(state="RUNNING" if caught_up else "CATCHING_UP")
                 self.persist()
         finally:
             replayer.close()
