@@ -276,6 +276,18 @@ class Applier:
             self.writer.bulk(dst_ns, ops, session=session)
 
     # ------------------------------------------------------------------ transactions
+    def _index_specs_from_source(self, ns: str, ddl: dict[str, Any]) -> dict[str, Any]:
+        """The source's own listIndexes is the authority on an index's options (a change event may not
+        carry them all); an index already dropped again keeps the event's spec."""
+        assert self.src is not None
+        db, _, coll = ns.partition(".")
+        try:
+            listed = {ix["name"]: dict(ix) for ix in self.src[db][coll].list_indexes()}
+        except PyMongoError:
+            return ddl
+        specs = [listed.get(ix.get("name"), ix) for ix in ddl.get("indexes", [])]
+        return {**ddl, "indexes": specs}
+
     def _in_transaction(self, crud: list[ChangeEvent], attempts: int = 20) -> None:
         """All of one source transaction in one destination transaction, retried on transient errors."""
         for attempt in range(attempts):
@@ -298,6 +310,8 @@ class Applier:
     # ------------------------------------------------------------------ DDL
     def _apply_ddl(self, e: ChangeEvent) -> None:
         ddl = e.ddl or {}
+        if "createIndexes" in ddl and self.src is not None:
+            ddl = self._index_specs_from_source(e.ns, ddl)
         handled = self.writer.apply_ddl(e.ns, ddl, self.nsmap)
         self.stats.counts["ddl" if handled else "skipped"] += 1
         if not handled:

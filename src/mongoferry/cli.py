@@ -277,3 +277,7 @@ def demo(docs: int, workers: int, keep: bool, copy_only: bool, log_format: str) 
 from mongoferry.publish_redis import publish_redis_command  # noqa: E402
 
 main.add_command(publish_redis_command)
+
+from mongoferry.verify import verify_command  # noqa: E402
+
+main.add_command(verify_command)

@@ -161,12 +161,37 @@ class SyncJob:
             return self.commit_failed("counts differ after draining: " + ", ".join(
                 f"{r['source']} {r['sourceCount']} vs {r['destinationCount']}" for r in differing)
                 + " (are writers still running? use write blocking or stop them)")
+        if not self.s.no_verify:
+            failed = self.verify_final_state()
+            if failed:
+                return self.commit_failed(failed)
         self.reverse_start = cap.current_time(self.ends.dst)
         self.ends.meta.set_state("committed", reverseStart=self.reverse_start, commitRequested=False)
         self.status.set(state="COMMITTED", lag=0.0, commit_requested=False)
         self.persist(force=True)
         log.info("COMMITTED: the destination holds everything the source wrote; repoint the applications")
         return True
+
+    def verify_final_state(self) -> str | None:
+        """Compare every document and the metadata of both sides; a reason to refuse, or None."""
+        from mongoferry.verify import OneShot, VerifySettings
+
+        log.info("commit: verifying the final state (skip with --no-verify)")
+        vs = VerifySettings.model_validate({
+            "src": self.s.src, "dst": self.s.dst, "include": self.s.include, "exclude": self.s.exclude,
+            "rename": self.s.rename, "meta_db": self.s.meta_db, "workers": self.s.workers, "check_only": True})
+        sink = OneShot(vs, self.ends.src, self.ends.dst, self.ends.nsmap, self.stop).run()
+        if self.stop.is_set():
+            return "stopped during the final verification"
+        if sink.total:
+            from mongoferry.verify import describe_finding
+
+            for finding in sink.shown()[:20]:
+                log.error("verification finding", extra={"finding": " / ".join(describe_finding(finding))})
+            return (f"the final verification found {sink.total} difference(s); run `mongoferry verify "
+                    "--check-only` with the same options for the report (or commit with --no-verify)")
+        log.info("commit: verification found the two sides identical")
+        return None
 
     def commit_failed(self, why: str) -> bool:
         log.error("commit failed", extra={"reason": why})

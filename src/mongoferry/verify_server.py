@@ -1,0 +1,1081 @@
+"""`mongoferry verify` server mode: a migration-verifier compatible HTTP API.
+
+Lifecycle of a check (started by ``POST /api/v1/check`` or ``--start``):
+
+1. Change streams are opened on the source and the destination *before* anything is compared,
+   and their first resume tokens saved: every document written from then on is seen.
+2. Generation 0: one ``verifyCollection`` task per namespace pair compares the metadata and
+   cuts the collection into ``verifyDocuments`` tasks (``_id`` ranges), which ``--workers``
+   threads merge-join (see :mod:`mongoferry.verify`).
+3. Every finding, and every ``_id`` touched by a change event on either side, goes into the
+   recheck queue of the next generation; a namespace with a metadata finding or DDL gets a new
+   ``verifyCollection`` task there. A generation ends when none of its tasks is ``added`` or
+   ``processing``; the next one starts once its queue holds something (no empty generations).
+4. ``POST /api/v1/writesOff`` records the cluster time of both sides; the change readers read
+   up to it (or until an empty read that started after it), the current generation finishes,
+   and one *final* generation rechecks what is left. Its tasks decide the verdict: success is
+   ``phase == "idle"``, ``error == null``, ``failedTasks == 0`` and ``metadataMismatchTasks == 0``.
+
+Everything lives in the metadata database (``--meta``/``--meta-db``), so a verifier killed at
+any point continues where it was when started again with the same options:
+
+* ``verify_state``: ``{_id: "state"}`` (pairs, filter, generation, built generation, writesOff,
+  final, done, error) and ``{_id: "reader:src"|"reader:dst"}`` (resume token, event counts);
+* ``verify_tasks``: the tasks, with their generation, type, status and results;
+* ``verify_mismatches``: the findings, per generation and task;
+* ``verify_recheck``: the recheck queue, ``_id: {g, ns, k}`` (``k``: pairing key bytes, or
+  ``"meta"`` for a metadata recheck), so duplicates collapse.
+
+Restart rules: a ``processing`` task is reset to ``added`` and its findings deleted (a gen-0
+``verifyCollection`` task also loses the range tasks it had created); a generation whose
+tasks were not completely built is built again from its queue (kept until it is built); the
+change streams resume after their saved tokens. Queue entries are written before the token
+that covers them, so a restart can only see an event twice, never miss one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, cast
+
+from bson import Binary, ObjectId, Timestamp, json_util
+from bson.raw_bson import RawBSONDocument
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.uri_parser import parse_uri
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from mongoferry import __version__
+from mongoferry.capture import HISTORY_LOST_CODES, current_time
+from mongoferry.clients import Client, connect
+from mongoferry.compare import id_key_from_raw_document
+from mongoferry.errors import EXIT_OK, UsageError
+from mongoferry.runtime import Endpoints, open_endpoints, stop_on_signals
+from mongoferry.server import HttpServer
+from mongoferry.state import Partition
+from mongoferry.verify import (
+    DocFinding,
+    Engine,
+    NsFinding,
+    Pair,
+    Sink,
+    VerifySettings,
+    compare_metadata,
+    diff_to_json,
+    id_value,
+    plan_ranges,
+    resolve_pairs,
+    to_json_value,
+)
+
+log = logging.getLogger("mongoferry.verify")
+
+STATE_ID: Final = "state"
+IDS_PER_TASK: Final = 1000
+GENERATION_PAUSE_S: Final = 1.0
+WORKER_SLEEP_S: Final = 0.2
+MONITOR_S: Final = 0.25
+FLUSH_FINDINGS: Final = 200
+READER_FLUSH_S: Final = 0.5
+READER_BATCH: Final = 500
+TASK_ATTEMPTS: Final = 5
+EVENT_KINDS: Final = ("insert", "update", "replace", "delete", "create", "modify", "createIndexes",
+                      "dropIndexes", "shardCollection", "reshardCollection", "refineCollectionShardKey")
+CRUD: Final = frozenset({"insert", "update", "replace", "delete"})
+STATUSES: Final = ("added", "processing", "failed", "completed", "mismatch")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _hosts(uri: str | None) -> list[str]:
+    return sorted(f"{h}:{p}" for h, p in parse_uri(uri or "")["nodelist"])
+
+
+# ======================================================================================
+# Change readers
+# ======================================================================================
+
+
+class ChangeReader:
+    """Tails one side's change stream and queues every touched ``_id`` for a recheck."""
+
+    def __init__(self, verifier: Verifier, side: str, uri: str, mapping: dict[str, str]) -> None:
+        self.verifier = verifier
+        self.side = side  # "src" | "dst"
+        self.uri = uri
+        self.mapping = mapping  # this side's namespace -> source namespace
+        self.doc_id = f"reader:{side}"
+        self.client: Client | None = None
+        self.stream: Any = None
+        self.counts: dict[str, int] = dict.fromkeys((*EVENT_KINDS, "other"), 0)
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.drained = threading.Event()
+        self.last_ts: Timestamp | None = None
+        self.last_event_at = time.monotonic()
+        self.window: collections.deque[tuple[float, int]] = collections.deque(maxlen=600)
+        self.pending: dict[tuple[str, Any], None] = {}
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _connect(self) -> Client:
+        if self.client is None:
+            self.client = connect(self.uri, f"{'source' if self.side == 'src' else 'destination'} change stream",
+                                  self.verifier.s.connect_timeout, document_class=RawBSONDocument)
+        return self.client
+
+    def _watch(self, **kwargs: Any) -> Any:
+        excluded = ["admin", "config", "local", self.verifier.s.meta_db]
+        return self._connect().watch([{"$match": {"ns.db": {"$nin": excluded}}}], max_await_time_ms=250,
+                                     batch_size=READER_BATCH, show_expanded_events=True, **kwargs)
+
+    def open_fresh(self) -> None:
+        """Open at the current time and save the position at once (before any comparison)."""
+        start = current_time(self._connect())
+        self.stream = self._watch(start_at_operation_time=start)
+        token = self.stream.resume_token
+        self.verifier.states.replace_one({"_id": self.doc_id}, {
+            "_id": self.doc_id, "ts": start, "token": dict(token) if token is not None else None,
+            "counts": self.counts, "saved": _now()}, upsert=True)
+        self.last_ts = start
+
+    def open_saved(self) -> None:
+        saved = self.verifier.states.find_one({"_id": self.doc_id})
+        if saved is None:
+            self.open_fresh()
+            return
+        self.counts.update(saved.get("counts") or {})
+        self.last_ts = saved.get("ts")
+        try:
+            if saved.get("token"):
+                self.stream = self._watch(start_after=saved["token"])
+            else:
+                self.stream = self._watch(start_at_operation_time=saved["ts"])
+        except OperationFailure as exc:
+            if exc.code in HISTORY_LOST_CODES:
+                raise RuntimeError(f"the {self.side} no longer holds the saved change stream position; "
+                                   "start a new check (POST /api/v1/check after --clean)") from None
+            raise
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=f"verify-reader-{self.side}", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.stream is not None:
+                self.stream.close()
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:
+            if self.stopping.is_set():  # closed under us while shutting down: the saved token stands
+                log.debug("change reader stopped", extra={"side": self.side, "error": str(exc)})
+                return
+            log.exception("change reader failed", extra={"side": self.side})
+            self.verifier.fail(f"{self.side} change reader: {type(exc).__name__}: {exc}")
+
+    def _loop(self) -> None:
+        last_flush = time.monotonic()
+        empty_after_off = 0
+        while not self.stopping.is_set():
+            target = self.verifier.writes_off_target(self.side)
+            poll_started = time.time()
+            event = self.stream.try_next()
+            if event is not None:
+                self._handle(event)
+                if target is not None and self.last_ts is not None and self.last_ts >= target[0]:
+                    self._flush()
+                    self.drained.set()
+                    return
+            elif target is not None and poll_started >= target[1]:
+                empty_after_off += 1
+                if empty_after_off >= 2:  # nothing more was written before the writes-off moment
+                    self._flush()
+                    self.drained.set()
+                    return
+            if len(self.pending) >= READER_BATCH or time.monotonic() - last_flush >= READER_FLUSH_S:
+                self._flush()
+                last_flush = time.monotonic()
+        self._flush()
+
+    def _handle(self, event: Mapping[str, Any]) -> None:
+        op = str(event.get("operationType"))
+        self.counts[op if op in self.counts else "other"] += 1
+        self.window.append((time.monotonic(), 1))
+        self.last_event_at = time.monotonic()
+        ts = event.get("clusterTime")
+        if isinstance(ts, Timestamp):
+            self.last_ts = ts
+        ns_doc = event.get("ns") or {}
+        db, coll = ns_doc.get("db"), ns_doc.get("coll")
+        if op in CRUD:
+            src_ns = self.mapping.get(f"{db}.{coll}")
+            key_doc = event.get("documentKey")
+            if src_ns is None or key_doc is None:
+                return
+            self.pending[(src_ns, Binary(id_key_from_raw_document(cast(RawBSONDocument, key_doc).raw)))] = None
+            return
+        # DDL: recheck the metadata of every pair it may touch.
+        touched = [f"{db}.{coll}"]
+        to = event.get("to")
+        if to is not None:
+            touched.append(f"{to.get('db')}.{to.get('coll')}")
+        if op == "dropDatabase" or coll is None:
+            touched = [ns for ns in self.mapping if ns.partition(".")[0] == db]
+        for ns in touched:
+            src_ns = self.mapping.get(ns)
+            if src_ns is not None:
+                self.pending[(src_ns, "meta")] = None
+
+    def _flush(self) -> None:
+        """Queue the pending rechecks for the next generation, then save the position."""
+        token = self.stream.resume_token if self.stream is not None else None
+        pending, self.pending = list(self.pending), {}
+        with self.verifier.gen_lock:
+            generation = self.verifier.generation + 1
+            if pending:
+                self.verifier.enqueue([(generation, ns, self.verifier.dst_of(ns), k, None) for ns, k in pending])
+        self.verifier.states.update_one({"_id": self.doc_id}, {"$set": {
+            "token": dict(token) if token is not None else None, "ts": self.last_ts, "counts": self.counts,
+            "saved": _now()}}, upsert=True)
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        recent = [n for t, n in self.window if now - t <= 60]
+        return {"eventsPerSecond": round(sum(recent) / 60, 3) if recent else None,
+                "lagSecs": None, "bufferSaturation": 0.0, "eventCounts": dict(self.counts)}
+
+
+# ======================================================================================
+# Task results
+# ======================================================================================
+
+
+class TaskSink(Sink):
+    """Persists a task's findings (and their rechecks) in batches; counts its progress."""
+
+    def __init__(self, verifier: Verifier, task: dict[str, Any]) -> None:
+        self.verifier = verifier
+        self.task = task
+        self.generation: int = task["generation"]
+        self.final: bool = verifier.final
+        self.firsts: dict[bytes, dt.datetime] = {}
+        for key, first in zip(task.get("ids") or [], task.get("firsts") or [], strict=False):
+            if first is not None:
+                self.firsts[bytes(key)] = first
+        self.lock = threading.Lock()
+        self.buffer: list[dict[str, Any]] = []
+        self.rechecks: list[tuple[int, str, str, Any, dt.datetime | None]] = []
+        self.findings = 0
+        self.src_docs = self.dst_docs = self.src_bytes = self.dst_bytes = 0
+
+    def _base(self, finding: DocFinding | NsFinding, first: dt.datetime) -> dict[str, Any]:
+        now = _now()
+        if first.tzinfo is None:
+            first = first.replace(tzinfo=dt.UTC)
+        return {"generation": self.generation, "taskId": self.task["_id"], "taskType": self.task["type"],
+                "type": finding.type, "namespace": finding.ns, "dstNamespace": finding.dst_ns,
+                "first": first, "durationMS": int((now - first).total_seconds() * 1000)}
+
+    def doc(self, finding: DocFinding) -> None:
+        first = self.firsts.get(finding.key) or _now()
+        doc = self._base(finding, first)
+        doc.update(category="document", key=Binary(finding.key),
+                   diffs=json.dumps([diff_to_json(d) for d in finding.diffs], ensure_ascii=False))
+        with self.lock:
+            self.findings += 1
+            self.buffer.append(doc)
+            if not self.final:
+                self.rechecks.append((self.generation + 1, finding.ns, finding.dst_ns, Binary(finding.key), first))
+            full = len(self.buffer) >= FLUSH_FINDINGS
+        if full:
+            self.flush()
+
+    def namespace(self, finding: NsFinding) -> None:
+        doc = self._base(finding, _now())
+        doc.update(category="namespace", aspect=finding.aspect, component=finding.component, detail=finding.detail)
+        with self.lock:
+            self.findings += 1
+            self.buffer.append(doc)
+            if not self.final:
+                self.rechecks.append((self.generation + 1, finding.ns, finding.dst_ns, "meta", None))
+
+    def progress(self, pair: Pair, src_docs: int, dst_docs: int, src_bytes: int, dst_bytes: int) -> None:
+        with self.lock:
+            self.src_docs += src_docs
+            self.dst_docs += dst_docs
+            self.src_bytes += src_bytes
+            self.dst_bytes += dst_bytes
+        self.verifier.rate.add(src_docs, src_bytes + dst_bytes)
+
+    def flush(self) -> None:
+        with self.lock:
+            buffer, self.buffer = self.buffer, []
+            rechecks, self.rechecks = self.rechecks, []
+        if rechecks:
+            self.verifier.enqueue(rechecks)
+        if buffer:
+            self.verifier.mismatches.insert_many(buffer, ordered=False)
+
+
+class Rate:
+    """Documents and bytes compared: totals and a rolling per-second rate."""
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self.lock = threading.Lock()
+        self.samples: collections.deque[tuple[float, int, int]] = collections.deque()
+        self.docs = 0
+        self.bytes = 0
+
+    def add(self, docs: int, nbytes: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.docs += docs
+            self.bytes += nbytes
+            self.samples.append((now, docs, nbytes))
+            while self.samples and now - self.samples[0][0] > self.window_s:
+                self.samples.popleft()
+
+    def per_second(self) -> tuple[float, float]:
+        now = time.monotonic()
+        with self.lock:
+            while self.samples and now - self.samples[0][0] > self.window_s:
+                self.samples.popleft()
+            docs = sum(s[1] for s in self.samples)
+            nbytes = sum(s[2] for s in self.samples)
+        return docs / self.window_s, nbytes / self.window_s
+
+
+# ======================================================================================
+# The verifier
+# ======================================================================================
+
+
+class Verifier:
+    def __init__(self, settings: VerifySettings, ends: Endpoints, stop: threading.Event) -> None:
+        self.s = settings
+        self.ends = ends
+        self.stop = stop
+        db = ends.meta.db
+        self.states: Collection[dict[str, Any]] = db["verify_state"]
+        self.tasks: Collection[dict[str, Any]] = db["verify_tasks"]
+        self.mismatches: Collection[dict[str, Any]] = db["verify_mismatches"]
+        self.recheck: Collection[dict[str, Any]] = db["verify_recheck"]
+        self.engine = Engine(ends.src, ends.dst, settings.compare, threading.Event())
+        self.lock = threading.RLock()  # the in-memory state below
+        self.gen_lock = threading.Lock()  # generation bumps vs. queue writes of the readers
+        self.op_lock = threading.Lock()  # /check and /writesOff one at a time
+        self.state: dict[str, Any] = {}
+        self.generation = 0
+        self.final = False
+        self.running = False
+        self.error: str | None = None
+        self.pairs: list[Pair] = []
+        self.filter: dict[str, Any] | None = None
+        self.readers: dict[str, ChangeReader] = {}
+        self.rate = Rate()
+        self.live: dict[ObjectId, TaskSink] = {}
+        self.driver: threading.Thread | None = None
+        self.check_stop = threading.Event()  # the current check stops (failure or shutdown)
+        self.run_over = threading.Event()  # the current check's driver has returned: workers leave
+        self.gen0_cache: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ persistence
+    def fingerprint(self) -> dict[str, Any]:
+        return {"src": _hosts(self.s.src), "dst": _hosts(self.s.dst), "selection": self.ends.nsmap.fingerprint(),
+                "srcNamespaces": list(self.s.src_namespace), "dstNamespaces": list(self.s.dst_namespace),
+                "compare": self.s.compare}
+
+    def save_state(self, **fields: Any) -> None:
+        with self.lock:
+            self.state.update(fields)
+        self.states.update_one({"_id": STATE_ID}, {"$set": fields}, upsert=True)
+
+    def load(self) -> None:
+        """Read the saved state; refuse a running check saved with other options (unless --clean)."""
+        if self.s.clean:
+            self.forget()
+            return
+        saved = self.states.find_one({"_id": STATE_ID})
+        if saved is None:
+            return
+        if saved.get("running") and saved.get("fingerprint") != self.fingerprint():
+            raise UsageError("the metadata database holds an unfinished verification with other options "
+                             f"({json.dumps(saved.get('fingerprint'), default=str)})",
+                             "rerun with the same options to continue it, or pass --clean to start over")
+        self.state = saved
+        self.generation = int(saved.get("generation", 0))
+        self.final = bool(saved.get("final", False))
+        self.error = saved.get("error")
+        self.pairs = [Pair(p["src"], p["dst"]) for p in saved.get("pairs", [])]
+        self.filter = json_util.loads(saved["filter"]) if saved.get("filter") else None
+
+    def forget(self) -> None:
+        for coll in (self.states, self.tasks, self.mismatches, self.recheck):
+            coll.delete_many({})
+        self.state = {}
+
+    def dst_of(self, src_ns: str) -> str:
+        return next((p.dst_ns for p in self.pairs if p.src_ns == src_ns), src_ns)
+
+    def enqueue(self, entries: list[tuple[int, str, str, Any, dt.datetime | None]]) -> None:
+        """Add recheck-queue entries ``(generation, source ns, destination ns, key bytes | "meta",
+        first mismatch)``; the destination is kept because data namespaces (time-series buckets)
+        are not always pairs of their own."""
+        docs = []
+        for generation, ns, dst_ns, key, first in entries:
+            doc: dict[str, Any] = {"_id": {"g": generation, "ns": ns, "k": key}, "dst": dst_ns}
+            if first is not None:
+                doc["first"] = first
+            docs.append(doc)
+        for i in range(0, len(docs), 1000):
+            try:
+                self.recheck.insert_many(docs[i: i + 1000], ordered=False)
+            except BulkWriteError as exc:
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+
+    # ------------------------------------------------------------------ control (HTTP)
+    def start_check(self, filt: dict[str, Any] | None) -> None:
+        with self.op_lock:
+            if self.running:
+                log.info("already checking")
+                return
+            pairs = resolve_pairs(self.s, self.ends.src, self.ends.dst, self.ends.nsmap)
+            self.forget()
+            self.filter = filt
+            self.pairs = pairs
+            self.generation, self.final, self.error = 0, False, None
+            self.gen0_cache = None
+            self.state = {}
+            self.save_state(fingerprint=self.fingerprint(), running=True, done=False,
+                            generation=0, built=-1, final=False, writesOff=False, error=None,
+                            filter=json_util.dumps(filt, json_options=json_util.CANONICAL_JSON_OPTIONS)
+                            if filt else None,
+                            pairs=[{"src": p.src_ns, "dst": p.dst_ns} for p in pairs], startedAt=_now())
+            self._launch(fresh=True)
+        log.info("verification started", extra={"namespaces": len(pairs), "filter": bool(filt)})
+
+    def resume(self) -> None:
+        with self.op_lock:
+            log.info("resuming the saved verification", extra={"generation": self.generation,
+                                                                "namespaces": len(self.pairs)})
+            self._launch(fresh=False)
+
+    def writes_off(self) -> str | None:
+        """Returns an error text, or None when accepted."""
+        with self.op_lock:
+            if not self.running:
+                return "no verification is running; POST /api/v1/check first"
+            if self.state.get("writesOff"):
+                return "writesOff already set"
+            src_ts = current_time(self.ends.src)
+            dst_ts = current_time(self.ends.dst)
+            self.save_state(writesOff=True, writesOffAt={"src": src_ts, "dst": dst_ts, "wall": time.time()})
+        log.info("writes off: finishing with a final generation")
+        return None
+
+    def writes_off_target(self, side: str) -> tuple[Timestamp, float] | None:
+        with self.lock:
+            at = self.state.get("writesOffAt")
+        if not at:
+            return None
+        return at[side], float(at["wall"])
+
+    def fail(self, error: str) -> None:
+        log.error("verification failed", extra={"error": error})
+        with self.lock:
+            self.error = error
+        with contextlib.suppress(PyMongoError):
+            self.save_state(error=error, running=False)
+        self.check_stop.set()
+
+    # ------------------------------------------------------------------ running
+    def _launch(self, fresh: bool) -> None:
+        self.running = True
+        self.check_stop.clear()
+        self.run_over.clear()
+        self.engine.stop.clear()
+        self.driver = threading.Thread(target=self._drive_guarded, args=(fresh,), name="verify-driver", daemon=True)
+        self.driver.start()
+
+    def _halted(self) -> bool:
+        return self.stop.is_set() or self.check_stop.is_set()
+
+    def _drive_guarded(self, fresh: bool) -> None:
+        try:
+            self._drive(fresh)
+        except Exception as exc:
+            if not self._halted():
+                log.exception("verification failed")
+                self.fail(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.engine.stop.set()
+            for reader in self.readers.values():
+                reader.stop()
+            self.readers = {}
+            with self.lock:
+                self.running = False
+
+    def _open_readers(self, fresh: bool) -> None:
+        assert self.s.src is not None and self.s.dst is not None
+        self.readers = {
+            "src": ChangeReader(self, "src", self.s.src, {p.src_ns: p.src_ns for p in self.pairs}),
+            "dst": ChangeReader(self, "dst", self.s.dst, {p.dst_ns: p.src_ns for p in self.pairs}),
+        }
+        for reader in self.readers.values():
+            reader.open_fresh() if fresh else reader.open_saved()
+        for reader in self.readers.values():
+            reader.start()
+
+    def _drive(self, fresh: bool) -> None:
+        if not fresh:
+            self._reset_in_progress()
+        self._open_readers(fresh)  # before anything is compared
+        workers = [threading.Thread(target=self._work, name=f"verify-worker-{i}", daemon=True)
+                   for i in range(self.s.workers)]
+        for w in workers:
+            w.start()
+        try:
+            while not self._halted():
+                if int(self.state.get("built", -1)) < self.generation:
+                    self._build(self.generation)
+                self._await_generation()
+                if self._halted():
+                    return
+                if self.final:
+                    self.save_state(running=False, done=True, finishedAt=_now())
+                    log.info("verification finished", extra=self.verdict())
+                    return
+                if not self._await_next():
+                    return
+        finally:
+            self.run_over.set()
+            self.engine.stop.set()
+            for w in workers:
+                w.join(timeout=30)
+
+    def _await_generation(self) -> None:
+        while not self._halted():
+            busy = self.tasks.count_documents({"generation": self.generation,
+                                               "status": {"$in": ["added", "processing"]}})
+            if busy == 0:
+                return
+            self.check_stop.wait(MONITOR_S)
+
+    def _await_next(self) -> bool:
+        """Wait until the next generation has work or writes are off; then start it."""
+        final = False
+        while not self._halted():
+            if self.state.get("writesOff"):
+                for reader in self.readers.values():
+                    while not reader.drained.is_set() and not self._halted():
+                        reader.drained.wait(0.2)
+                final = True
+                break
+            if self.recheck.find_one({"_id.g": self.generation + 1}) is not None:
+                self.check_stop.wait(GENERATION_PAUSE_S)  # let a burst of changes gather
+                break
+            self.check_stop.wait(MONITOR_S)
+        if self._halted():
+            return False
+        with self.gen_lock:
+            self.generation += 1
+            self.final = final
+            self.save_state(generation=self.generation, final=final)
+        log.info("generation started", extra={"generation": self.generation, "final": final})
+        return True
+
+    def _build(self, generation: int) -> None:
+        """Create a generation's tasks (gen 0: one per pair; later: from the recheck queue)."""
+        self.tasks.delete_many({"generation": generation})
+        now = _now()
+        if generation == 0:
+            tasks = [{"generation": 0, "type": "verifyCollection", "status": "added", "ns": p.src_ns,
+                      "dstNs": p.dst_ns, "created": now, "attempts": 0} for p in self.pairs]
+        else:
+            dst_of = {p.src_ns: p.dst_ns for p in self.pairs}
+            by_ns: dict[str, list[tuple[bytes, dt.datetime | None]]] = {}
+            meta: set[str] = set()
+            for entry in self.recheck.find({"_id.g": generation}):
+                ns, key = entry["_id"]["ns"], entry["_id"]["k"]
+                if key == "meta":
+                    if ns in dst_of:
+                        meta.add(ns)
+                    continue
+                dst_of.setdefault(ns, entry.get("dst") or ns)
+                by_ns.setdefault(ns, []).append((bytes(key), entry.get("first")))
+            tasks = [{"generation": generation, "type": "verifyCollection", "status": "added", "ns": ns,
+                      "dstNs": dst_of[ns], "created": now, "attempts": 0} for ns in sorted(meta)]
+            for ns, entries in sorted(by_ns.items()):
+                for i in range(0, len(entries), IDS_PER_TASK):
+                    chunk = entries[i: i + IDS_PER_TASK]
+                    tasks.append({"generation": generation, "type": "verifyDocuments", "status": "added",
+                                  "ns": ns, "dstNs": dst_of[ns], "kind": "ids", "created": now, "attempts": 0,
+                                  "ids": [Binary(k) for k, _ in chunk], "firsts": [f for _, f in chunk],
+                                  "documents_count": len(chunk)})
+        if tasks:
+            self.tasks.insert_many(tasks)
+        self.save_state(built=generation)
+        if generation > 0:
+            self.recheck.delete_many({"_id.g": generation})
+
+    def _reset_in_progress(self) -> None:
+        for task in self.tasks.find({"status": "processing"}):
+            if task["type"] == "verifyCollection":
+                children = [t["_id"] for t in self.tasks.find({"parent": task["_id"]}, {"_id": 1})]
+                if children:
+                    self.mismatches.delete_many({"taskId": {"$in": children}})
+                    self.tasks.delete_many({"_id": {"$in": children}})
+            self.mismatches.delete_many({"taskId": task["_id"]})
+            self.tasks.update_one({"_id": task["_id"]}, {"$set": {"status": "added"}})
+
+    # ------------------------------------------------------------------ workers
+    def _work(self) -> None:
+        while not self._halted() and not self.run_over.is_set():
+            try:
+                task = self.tasks.find_one_and_update(
+                    {"generation": self.generation, "status": "added"},
+                    {"$set": {"status": "processing", "began": _now()}, "$inc": {"attempts": 1}},
+                    sort=[("type", ASCENDING)], return_document=ReturnDocument.AFTER)
+            except PyMongoError as exc:
+                log.warning("cannot claim a task", extra={"error": str(exc)})
+                self.check_stop.wait(1.0)
+                continue
+            if task is None:
+                self.check_stop.wait(WORKER_SLEEP_S)
+                continue
+            try:
+                self._run_task(task)
+            except ConnectionFailure as exc:
+                if self._halted():
+                    return
+                if task.get("attempts", 1) >= TASK_ATTEMPTS:
+                    self.fail(f"task on {task['ns']} failed {TASK_ATTEMPTS} times: {exc}")
+                    return
+                log.warning("task interrupted; retrying", extra={"ns": task["ns"], "error": str(exc)})
+                with contextlib.suppress(PyMongoError):
+                    self.mismatches.delete_many({"taskId": task["_id"]})
+                    self.tasks.update_one({"_id": task["_id"]}, {"$set": {"status": "added"}})
+            except Exception as exc:
+                if self._halted():
+                    return
+                log.exception("task failed", extra={"ns": task.get("ns")})
+                self.fail(f"task on {task.get('ns')}: {type(exc).__name__}: {exc}")
+                return
+
+    def _run_task(self, task: dict[str, Any]) -> None:
+        pair = Pair(task["ns"], task["dstNs"])
+        sink = TaskSink(self, task)
+        self.live[task["_id"]] = sink
+        try:
+            update: dict[str, Any] = {}
+            if task["type"] == "verifyCollection":
+                plan = compare_metadata(self.engine, pair, self._target, count=True)
+                for f in plan.findings:
+                    sink.namespace(f)
+                update.update(documents_count=plan.count, kind=plan.kind)
+                # Ranges are planned once: in generation 0, or when a namespace first becomes
+                # comparable later (created on the other side meanwhile).
+                if plan.comparable and (task["generation"] == 0 or self.tasks.find_one(
+                        {"parentNs": pair.src_ns, "kind": "range"}, {"_id": 1}) is None):
+                    ranges = plan_ranges(self.engine, pair, plan, self.s.workers, self.s.partition_docs)
+                    self._add_range_tasks(task, plan.data or pair, ranges, plan.ranged, plan.collation)
+                status = "completed"
+                if plan.findings:
+                    status = "mismatch" if plan.comparable else "failed"
+            elif task.get("kind") == "ids":
+                keys = [bytes(k) for k in task["ids"]]
+                self.engine.compare_keys(pair, keys, self.filter, sink)
+                status = "failed" if sink.findings else "completed"
+            else:
+                rng = Partition(id="", ns=pair.src_ns, index=0, lower=task.get("lower"), upper=task.get("upper"),
+                                has_lower=bool(task.get("hasLower")), has_upper=bool(task.get("hasUpper")))
+                self.engine.compare_range(pair, rng, self.filter, sink, hint=bool(task.get("hint", True)),
+                                          confirm=bool(task.get("confirm")))
+                status = "failed" if sink.findings else "completed"
+            if self._halted():
+                return  # left `processing`: a restart redoes it
+            sink.flush()
+            update.update(status=status, finished=_now(), src_docs=sink.src_docs, dst_docs=sink.dst_docs,
+                          src_bytes=sink.src_bytes, dst_bytes=sink.dst_bytes, findings=sink.findings)
+            self.tasks.update_one({"_id": task["_id"]}, {"$set": update})
+        finally:
+            self.live.pop(task["_id"], None)
+
+    def _add_range_tasks(self, parent: dict[str, Any], data: Pair, ranges: list[Partition], hint: bool,
+                         confirm: bool) -> None:
+        docs = []
+        for rng in ranges:
+            doc: dict[str, Any] = {"generation": parent["generation"], "type": "verifyDocuments", "status": "added",
+                                   "ns": data.src_ns, "dstNs": data.dst_ns, "kind": "range",
+                                   "parent": parent["_id"], "parentNs": parent["ns"], "hint": hint,
+                                   "confirm": confirm,
+                                   "hasLower": rng.has_lower, "hasUpper": rng.has_upper, "created": _now(),
+                                   "attempts": 0}
+            if rng.has_lower:
+                doc["lower"] = rng.lower
+            if rng.has_upper:
+                doc["upper"] = rng.upper
+            docs.append(doc)
+        if docs:
+            self.tasks.insert_many(docs)
+
+    def _target(self, ns: str) -> str | None:
+        explicit = {p.src_ns: p.dst_ns for p in self.pairs}
+        if self.s.src_namespace:
+            return explicit.get(ns)
+        return explicit.get(ns) or self.ends.nsmap.target(ns)
+
+    # ------------------------------------------------------------------ reporting
+    def phase(self) -> str:
+        if not self.running:
+            return "idle"
+        return "check" if self.generation == 0 else "recheck"
+
+    def status_counts(self, generation: int) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        rechecks = 0
+        for t in self.tasks.find({"generation": generation}, {"status": 1, "kind": 1}):
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+            rechecks += t.get("kind") == "ids"
+        return {"totalTasks": sum(counts.values()), "addedTasks": counts["added"],
+                "processingTasks": counts["processing"], "failedTasks": counts["failed"],
+                "completedTasks": counts["completed"], "metadataMismatchTasks": counts["mismatch"],
+                "recheckTasks": rechecks}
+
+    def generation_stats(self, generation: int) -> dict[str, Any]:
+        docs = total = sbytes = 0
+        total_bytes = 0
+        namespaces = 0
+        for t in self.tasks.find({"generation": generation}, {"type": 1, "status": 1, "src_docs": 1,
+                                                              "src_bytes": 1, "documents_count": 1}):
+            if t["type"] == "verifyCollection":
+                namespaces += 1
+                if generation == 0:
+                    total += int(t.get("documents_count") or 0)
+            else:
+                if generation > 0:
+                    total += int(t.get("documents_count") or 0)
+                if t["status"] in ("completed", "failed"):
+                    docs += int(t.get("src_docs") or 0)
+                    sbytes += int(t.get("src_bytes") or 0)
+        for sink in list(self.live.values()):
+            if sink.generation == generation:
+                docs += sink.src_docs
+                sbytes += sink.src_bytes
+        out: dict[str, Any] = {"docsCompared": docs, "totalDocs": total, "srcBytesCompared": sbytes}
+        if total_bytes:
+            out["totalSrcBytes"] = total_bytes
+        out["totalNamespaces"] = namespaces if generation == 0 else len(self.pairs)
+        return out
+
+    def served_generation(self) -> int:
+        """The generation whose findings are served: the final one when done, the current one
+        during generation 0, otherwise the last complete one."""
+        if not self.running or self.generation == 0:
+            return self.generation
+        return self.generation - 1
+
+    def mismatch_counts(self, generation: int) -> dict[str, Any]:
+        by_type: dict[str, int] = {}
+        by_ns: dict[str, int] = {}
+        total = 0
+        for m in self.mismatches.find({"generation": generation}, {"type": 1, "namespace": 1, "category": 1}):
+            total += 1
+            kind = f"{m['category']}:{m['type']}"
+            by_type[kind] = by_type.get(kind, 0) + 1
+            by_ns[m["namespace"]] = by_ns.get(m["namespace"], 0) + 1
+        return {"generation": generation, "total": total, "byType": by_type, "byNamespace": by_ns}
+
+    def progress(self) -> dict[str, Any]:
+        generation = self.generation
+        docs_per_s, bytes_per_s = self.rate.per_second()
+        p: dict[str, Any] = {"phase": self.phase(), "generation": generation,
+                             "generationStats": self.generation_stats(generation)}
+        if generation > 0:
+            if self.gen0_cache is None:
+                self.gen0_cache = self.generation_stats(0)
+            p["gen0Stats"] = self.gen0_cache
+        p["error"] = self.error
+        p["verificationStatus"] = self.status_counts(generation)
+        for side in ("src", "dst"):
+            reader = self.readers.get(side)
+            saved = self.states.find_one({"_id": f"reader:{side}"}) or {}
+            p[f"{side}LastRecheckedTS"] = saved.get("ts")
+            p[f"{side}ChangeStats"] = reader.stats() if reader else {
+                "eventsPerSecond": None, "lagSecs": None, "bufferSaturation": 0.0,
+                "eventCounts": saved.get("counts") or dict.fromkeys(EVENT_KINDS, 0)}
+        p["docsComparedPerSecond"] = round(docs_per_s, 3)
+        p["srcBytesComparedPerSecond"] = round(bytes_per_s / 2, 3)
+        p["totalRechecksDone"] = sum(int(t.get("documents_count") or 0) for t in self.tasks.find(
+            {"generation": {"$gt": 0}, "kind": "ids", "status": {"$in": ["completed", "failed"]}},
+            {"documents_count": 1}))
+        # mongoferry's own fields
+        p["docsCompared"] = self.rate.docs
+        p["mbPerSecond"] = round(bytes_per_s / 1e6, 3)
+        p["writesOff"] = bool(self.state.get("writesOff"))
+        p["finalGeneration"] = self.final
+        p["done"] = bool(self.state.get("done"))
+        p["mismatches"] = self.mismatch_counts(self.served_generation())
+        return {"progress": json.loads(json_util.dumps(p, json_options=json_util.RELAXED_JSON_OPTIONS))}
+
+    def verdict(self) -> dict[str, Any]:
+        status = self.status_counts(self.generation)
+        return {"generation": self.generation, "failedTasks": status["failedTasks"],
+                "metadataMismatchTasks": status["metadataMismatchTasks"],
+                "identical": status["failedTasks"] == 0 and status["metadataMismatchTasks"] == 0}
+
+    def mismatch_items(self, generation: int | None = None) -> list[dict[str, Any]]:
+        g = self.served_generation() if generation is None else generation
+        return [mismatch_to_json(m) for m in self.mismatches.find({"generation": g}).sort(
+            [("namespace", ASCENDING), ("category", ASCENDING), ("_id", ASCENDING)])]
+
+    def shutdown(self) -> None:
+        self.check_stop.set()
+        self.engine.stop.set()
+        if self.driver is not None:
+            self.driver.join(timeout=30)
+
+
+def mismatch_to_json(m: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"category": m["category"], "type": m["type"], "namespace": m["namespace"],
+                           "dstNamespace": m.get("dstNamespace"), "generation": m["generation"]}
+    if m["category"] == "document":
+        out["_id"] = to_json_value(id_value(bytes(m["key"])))
+        diffs = json.loads(m.get("diffs") or "[]")
+        if diffs:
+            out["diffs"] = diffs
+    else:
+        out["aspect"] = m.get("aspect")
+        if m.get("component") is not None:
+            out["component"] = m["component"]
+        if m.get("detail") is not None:
+            out["detail"] = m["detail"]
+    out["durationSecs"] = round(int(m.get("durationMS") or 0) / 1000, 3)
+    return out
+
+
+def doc_mismatch_lines(m: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The reference's DocMismatchInfo objects (one per differing top-level field)."""
+    base = {"type": m["type"], "namespace": m["namespace"], "_id": to_json_value(id_value(bytes(m["key"])))}
+    duration = round(int(m.get("durationMS") or 0) / 1000, 3)
+    if m["type"] != "content":
+        return [{**base, "durationSecs": duration}]
+    lines = []
+    seen: set[str] = set()
+    for d in json.loads(m.get("diffs") or "[]"):
+        field = d.get("field") or ""
+        if field in seen:
+            continue
+        seen.add(field)
+        line = dict(base)
+        if d.get("kind") != "order":
+            line["field"] = field
+        line["detail"] = d.get("detail")
+        line["durationSecs"] = duration
+        lines.append(line)
+    return lines or [{**base, "detail": "Mismatch", "durationSecs": duration}]
+
+
+# ======================================================================================
+# HTTP
+# ======================================================================================
+
+class _Headers(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        trace = str(uuid.uuid4())
+        log.debug("request", extra={"method": request.method, "path": request.url.path, "traceId": trace})
+        response = await call_next(request)
+        response.headers["Server"] = f"migration-verifier/mongoferry-{__version__}"
+        response.headers["Trace-Id"] = trace
+        return response
+
+
+async def _json_body(request: Request) -> tuple[dict[str, Any] | None, str | None]:
+    body = (await request.body()).strip()
+    if not body:
+        return {}, None
+    try:
+        parsed = json_util.loads(body.decode("utf-8"), json_options=json_util.RELAXED_JSON_OPTIONS)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        return None, f"invalid JSON body: {exc}"
+    if not isinstance(parsed, dict):
+        return None, "the body must be a JSON object"
+    return parsed, None
+
+
+def verifier_app(v: Verifier) -> Starlette:
+    async def check(request: Request) -> JSONResponse:
+        body, error = await _json_body(request)
+        if body is None:
+            return JSONResponse({"error": error}, 400)
+        filt = body.get("filter")
+        if filt is not None and not isinstance(filt, dict):
+            return JSONResponse({"error": "`filter` must be a query document"}, 400)
+        if filt:
+            try:
+                await run_in_threadpool(_validate_filter, v, filt)
+            except OperationFailure as exc:
+                return JSONResponse({"error": f"invalid filter: {(exc.details or {}).get('errmsg', exc)}"}, 400)
+        try:
+            await run_in_threadpool(v.start_check, filt or None)
+        except UsageError as exc:
+            return JSONResponse({"error": exc.one_line()}, 400)
+        return JSONResponse({"success": True})
+
+    async def writes_off(request: Request) -> JSONResponse:
+        body, error = await _json_body(request)
+        if body is None:
+            return JSONResponse({"error": error}, 400)
+        failure = await run_in_threadpool(v.writes_off)
+        if failure:
+            return JSONResponse({"error": failure})
+        return JSONResponse({"success": True})
+
+    async def progress(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(await run_in_threadpool(v.progress))
+        except PyMongoError as exc:
+            return JSONResponse({"error": str(exc)})
+
+    def _generation(request: Request) -> int | None:
+        value = request.query_params.get("generation")
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise ValueError("invalid `generation`")
+        return int(value)
+
+    async def mismatches(request: Request) -> JSONResponse:
+        try:
+            generation = _generation(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        try:
+            return JSONResponse(await run_in_threadpool(v.mismatch_items, generation))
+        except PyMongoError as exc:
+            return JSONResponse({"error": str(exc)})
+
+    def _ndjson(rows: Callable[[], list[dict[str, Any]]]) -> StreamingResponse:
+        def lines() -> Any:
+            try:
+                for row in rows():
+                    yield json.dumps(row, ensure_ascii=False) + "\n"
+            except PyMongoError:
+                log.exception("mismatch listing failed")
+                yield json.dumps({"error": "internal error"}) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson",
+                                 headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+
+    async def doc_mismatches(request: Request) -> StreamingResponse:
+        g = v.served_generation()
+        return _ndjson(lambda: [line for m in v.mismatches.find({"generation": g, "category": "document"})
+                                for line in doc_mismatch_lines(m)])
+
+    async def ns_mismatches(request: Request) -> StreamingResponse:
+        g = v.served_generation()
+
+        def rows() -> list[dict[str, Any]]:
+            out = []
+            for m in v.mismatches.find({"generation": g, "category": "namespace"}):
+                row = {"type": m["type"], "namespace": m["namespace"], "aspect": m.get("aspect")}
+                if m.get("component") is not None:
+                    row["component"] = m["component"]
+                if m.get("detail") is not None and m["type"] == "content":
+                    row["detail"] = m["detail"]
+                out.append(row)
+            return out
+
+        return _ndjson(rows)
+
+    app = Starlette(routes=[
+        Route("/api/v1/check", check, methods=["POST"]),
+        Route("/api/v1/writesOff", writes_off, methods=["POST"]),
+        Route("/api/v1/progress", progress, methods=["GET"]),
+        Route("/api/v1/mismatches", mismatches, methods=["GET"]),
+        Route("/api/v1/docMismatches", doc_mismatches, methods=["GET"]),
+        Route("/api/v1/nsMismatches", ns_mismatches, methods=["GET"]),
+    ])
+    app.add_middleware(_Headers)
+    return app
+
+
+def _validate_filter(v: Verifier, filt: dict[str, Any]) -> None:
+    """Let the server reject a bad query before the check starts."""
+    pairs = v.pairs or resolve_pairs(v.s, v.ends.src, v.ends.dst, v.ends.nsmap)
+    if pairs:
+        pairs[0].src_coll(v.ends.src).find_one(filt)
+
+
+def _listening_port(http: HttpServer, requested: int) -> int:
+    if requested:
+        return requested
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        servers = getattr(http.server, "servers", None) or []
+        for server in servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        time.sleep(0.05)
+    return requested
+
+
+def run_server(s: VerifySettings) -> int:
+    """``mongoferry verify`` without --check-only: serve until SIGTERM/SIGINT."""
+    ends = open_endpoints(s)
+    http: HttpServer | None = None
+    verifier: Verifier | None = None
+    try:
+        with stop_on_signals() as stop:
+            verifier = Verifier(s, ends, stop)
+            verifier.load()
+            http = HttpServer(verifier_app(verifier), "127.0.0.1", s.port)
+            http.server.config.server_header = False  # ours names the API (migration-verifier/…)
+            http.start()
+            log.info("Web server started.", extra={"port": _listening_port(http, s.port)})
+            if verifier.state.get("running"):
+                verifier.resume()
+            elif s.start:
+                verifier.start_check(None)
+            while not stop.wait(0.5):
+                pass
+            log.info("stopping; start the same command again to continue")
+    finally:
+        if verifier is not None:
+            verifier.shutdown()
+        if http is not None:
+            http.stop()
+        ends.close()
+    return EXIT_OK
