@@ -863,3 +863,25 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
         _wait_for(predicate, timeout=timeout, interval=interval)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {what() if what else ''}") from None
+
+
+def test_reverse_after_commit_replays_destination_changes_back_to_the_source(
+        servers: tuple[EmbeddedServer, EmbeddedServer], harness: Harness) -> None:
+    src, dst = servers
+    seed_app(src, users=200, orders=20)
+    sync = harness.sync(src, dst, "--no-write-block", "--reverse")
+    sync.wait_state("RUNNING", timeout=120)
+    r = httpx.post(sync.url("/api/v1/commit"), timeout=10)
+    assert r.status_code == 200, r.text
+    sync.wait_state("COMMITTED", timeout=120)
+    assert sync.alive(), "with --reverse the sync keeps running after COMMITTED"
+    # the applications now write to the destination; the old source must follow
+    with dst.client() as c:
+        c.app.users.insert_one({"_id": "written-after-cutover", "v": 1})
+        c.app.users.update_many({}, {"$set": {"after_cutover": True}})
+        c.app.orders.delete_many({})
+    with src.client() as c:
+        wait_for(lambda: c.app.users.count_documents({"after_cutover": True}) == 201
+                 and c.app.orders.count_documents({}) == 0, timeout=90)
+    assert raw_docs(src, "app.users") == raw_docs(dst, "app.users")
+    assert sync.terminate() == 0, sync.log_tail()
