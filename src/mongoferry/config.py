@@ -26,10 +26,12 @@ StrList = Annotated[list[str], NoDecode]
 LogFormat = Literal["auto", "rich", "json", "text"]
 
 
-def _split_list(value: Any) -> Any:
-    """Env vars and YAML may give a list as 'a,b' as well as a real list."""
+def split_list(value: Any) -> Any:
+    """Env vars, YAML and repeated flags may give a list as 'a,b' as well as a real list."""
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple):
+        return [v.strip() for item in value for v in str(item).split(",") if v.strip()]
     return value
 
 
@@ -68,7 +70,7 @@ class ConnectionSettings(Settings):
     exclude: StrList = Field(default_factory=list)
     rename: StrList = Field(default_factory=list)
 
-    _split = field_validator("include", "exclude", "rename", mode="before")(_split_list)
+    _split = field_validator("include", "exclude", "rename", mode="before")(split_list)
 
 
 class CopySettings(ConnectionSettings):
@@ -95,7 +97,7 @@ class ReplayOplogSettings(Settings):
     rename: StrList = Field(default_factory=list)
     connect_timeout: float = Field(10.0, gt=0)
 
-    _split = field_validator("include", "exclude", "rename", mode="before")(_split_list)
+    _split = field_validator("include", "exclude", "rename", mode="before")(split_list)
 
 
 class StatusSettings(Settings):

@@ -46,7 +46,7 @@ from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from mongoferry.config import LogFormat, Settings, StrList, load_settings
+from mongoferry.config import LogFormat, Settings, StrList, load_settings, split_list
 from mongoferry.errors import EXIT_OK, ConnectError, MongoferryError, UsageError
 from mongoferry.redact import redact
 from mongoferry.redis_format import (
@@ -134,12 +134,6 @@ def _whole_seconds(value: Any) -> Any:
     return value
 
 
-def _split_list(value: Any) -> Any:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, list | tuple):
-        return [v.strip() for item in value for v in str(item).split(",") if v.strip()]
-    return value
 
 
 _GO_BOOLS: Final = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
@@ -243,7 +237,7 @@ class PublishRedisSettings(Settings):
     batch_size: int = Field(100, ge=1, le=10_000, description="most publications per script call")
     connect_timeout: float = Field(10.0, gt=0)
 
-    _split = field_validator("redis_url", mode="before")(_split_list)
+    _split = field_validator("redis_url", mode="before")(split_list)
     _durations = field_validator("max_catch_up_s", "flush_interval_s", "connect_timeout", mode="before")(_seconds)
     _ttl = field_validator("dedupe_ttl_s", mode="before")(_whole_seconds)
 

@@ -77,7 +77,7 @@ from mongoferry.compare import (
     id_key_from_raw_document,
     mismatch_detail,
 )
-from mongoferry.config import ConnectionSettings, StrList
+from mongoferry.config import ConnectionSettings, StrList, split_list
 from mongoferry.errors import EXIT_INCONSISTENT, EXIT_OK, MongoferryError, UsageError
 from mongoferry.namespaces import NamespaceMap, split_ns
 from mongoferry.state import Partition
@@ -113,12 +113,6 @@ _DOUBLE: Final = struct.Struct("<d")
 # ======================================================================================
 
 
-def _split_list(value: Any) -> Any:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, list | tuple):  # --src-namespace a,b --src-namespace c
-        return [v.strip() for item in value for v in str(item).split(",") if v.strip()]
-    return value
 
 
 class VerifySettings(ConnectionSettings):
@@ -135,7 +129,7 @@ class VerifySettings(ConnectionSettings):
     start: bool = Field(False, description="server mode: start checking at once, without POST /api/v1/check")
     clean: bool = Field(False, description="server mode: forget the saved verification state first")
 
-    _split_ns = field_validator("src_namespace", "dst_namespace", mode="before")(_split_list)
+    _split_ns = field_validator("src_namespace", "dst_namespace", mode="before")(split_list)
 
 
 # ======================================================================================
