@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import shutil
 import subprocess
@@ -152,6 +153,10 @@ def run_live_demo(console: Console, root: Path, src_uri: str, dst_uri: str, src:
             proc.terminate()
             proc.wait(30)
     console.print(f"sync exited with {code}")
+    for line in log.read_text(errors="replace").splitlines():
+        if '"commit: ' in line or '"COMMITTED' in line or "verification finding" in line:
+            msg = json.loads(line).get("msg", "")
+            console.print(f"  sync: {msg}")
     if code != EXIT_OK:
         console.print(f"[red]see {log}[/]")
         return code
