@@ -20,6 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from mongoferry.compare import CompareMode
 from mongoferry.errors import UsageError
 
 StrList = Annotated[list[str], NoDecode]
@@ -105,6 +106,23 @@ class StatusSettings(Settings):
     meta: str | None = None
     meta_db: str = "mongoferry_meta"
     connect_timeout: float = Field(10.0, gt=0)
+
+
+class VerifySettings(ConnectionSettings):
+    """Settings of ``mongoferry verify`` (flags, MONGOFERRY_* env, YAML file)."""
+
+    port: int = Field(27020, ge=0, le=65535, description="HTTP API port on 127.0.0.1 (0 = any free port)")
+    check_only: bool = Field(False, description="one full pass, a report and an exit code; no server")
+    compare: CompareMode = "ignore-order"
+    failure_display_size: int = Field(20, ge=1, description="findings shown; the rest are counted")
+    workers: int = Field(4, ge=1, le=64)
+    partition_docs: int = Field(50_000, ge=100, description="target documents per _id range")
+    src_namespace: StrList = Field(default_factory=list)
+    dst_namespace: StrList = Field(default_factory=list)
+    start: bool = Field(False, description="server mode: start checking at once, without POST /api/v1/check")
+    clean: bool = Field(False, description="server mode: forget the saved verification state first")
+
+    _split_ns = field_validator("src_namespace", "dst_namespace", mode="before")(split_list)
 
 
 S = TypeVar("S", bound=Settings)

@@ -174,7 +174,8 @@ class SyncJob:
 
     def verify_final_state(self) -> str | None:
         """Compare every document and the metadata of both sides; a reason to refuse, or None."""
-        from mongoferry.verify import OneShot, VerifySettings
+        from mongoferry.config import VerifySettings
+        from mongoferry.verify import OneShot
 
         log.info("commit: verifying the final state (skip with --no-verify)")
         vs = VerifySettings.model_validate({
@@ -184,7 +185,7 @@ class SyncJob:
         if self.stop.is_set():
             return "stopped during the final verification"
         if sink.total:
-            from mongoferry.verify import describe_finding
+            from mongoferry.verify_findings import describe_finding
 
             for finding in sink.shown()[:20]:
                 log.error("verification finding", extra={"finding": " / ".join(describe_finding(finding))})

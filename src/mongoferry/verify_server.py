@@ -42,45 +42,25 @@ import json
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from bson import Binary, ObjectId, Timestamp, json_util
-from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
-from mongoferry import __version__
-from mongoferry.capture import HISTORY_LOST_CODES, current_time
-from mongoferry.clients import Client, connect
-from mongoferry.compare import id_key_from_raw_document
+from mongoferry.capture import current_time
+from mongoferry.config import VerifySettings
 from mongoferry.errors import EXIT_OK, UsageError
 from mongoferry.runtime import Endpoints, open_endpoints, stop_on_signals
 from mongoferry.server import HttpServer
 from mongoferry.state import Partition
-from mongoferry.verify import (
-    DocFinding,
-    Engine,
-    NsFinding,
-    Pair,
-    Sink,
-    VerifySettings,
-    compare_metadata,
-    diff_to_json,
-    id_value,
-    plan_ranges,
-    resolve_pairs,
-    to_json_value,
-)
+from mongoferry.verify_api import mismatch_to_json, verifier_app
+from mongoferry.verify_engine import Engine
+from mongoferry.verify_findings import DocFinding, NsFinding, Pair, Sink, diff_to_json
+from mongoferry.verify_metadata import compare_metadata, plan_ranges, resolve_pairs
+from mongoferry.verify_readers import EVENT_KINDS, ChangeReader
 
 log = logging.getLogger("mongoferry.verify")
 
@@ -90,12 +70,7 @@ GENERATION_PAUSE_S: Final = 1.0
 WORKER_SLEEP_S: Final = 0.2
 MONITOR_S: Final = 0.25
 FLUSH_FINDINGS: Final = 200
-READER_FLUSH_S: Final = 0.5
-READER_BATCH: Final = 500
 TASK_ATTEMPTS: Final = 5
-EVENT_KINDS: Final = ("insert", "update", "replace", "delete", "create", "modify", "createIndexes",
-                      "dropIndexes", "shardCollection", "reshardCollection", "refineCollectionShardKey")
-CRUD: Final = frozenset({"insert", "update", "replace", "delete"})
 STATUSES: Final = ("added", "processing", "failed", "completed", "mismatch")
 
 
@@ -108,174 +83,6 @@ def _hosts(uri: str | None) -> list[str]:
 
 
 # ======================================================================================
-# Change readers
-# ======================================================================================
-
-
-class ChangeReader:
-    """Tails one side's change stream and queues every touched ``_id`` for a recheck."""
-
-    def __init__(self, verifier: Verifier, side: str, uri: str, mapping: dict[str, str]) -> None:
-        self.verifier = verifier
-        self.side = side  # "src" | "dst"
-        self.uri = uri
-        self.mapping = mapping  # this side's namespace -> source namespace
-        self.doc_id = f"reader:{side}"
-        self.client: Client | None = None
-        self.stream: Any = None
-        self.counts: dict[str, int] = dict.fromkeys((*EVENT_KINDS, "other"), 0)
-        self.thread: threading.Thread | None = None
-        self.stopping = threading.Event()
-        self.drained = threading.Event()
-        self.last_ts: Timestamp | None = None
-        self.last_event_at = time.monotonic()
-        self.window: collections.deque[tuple[float, int]] = collections.deque(maxlen=600)
-        self.pending: dict[tuple[str, Any], None] = {}
-
-    # -- opening ------------------------------------------------------------------------
-
-    def _connect(self) -> Client:
-        if self.client is None:
-            self.client = connect(self.uri, f"{'source' if self.side == 'src' else 'destination'} change stream",
-                                  self.verifier.s.connect_timeout, document_class=RawBSONDocument)
-        return self.client
-
-    def _watch(self, **kwargs: Any) -> Any:
-        excluded = ["admin", "config", "local", self.verifier.s.meta_db]
-        return self._connect().watch([{"$match": {"ns.db": {"$nin": excluded}}}], max_await_time_ms=250,
-                                     batch_size=READER_BATCH, show_expanded_events=True, **kwargs)
-
-    def open_fresh(self) -> None:
-        """Open at the current time and save the position at once (before any comparison)."""
-        start = current_time(self._connect())
-        self.stream = self._watch(start_at_operation_time=start)
-        token = self.stream.resume_token
-        self.verifier.states.replace_one({"_id": self.doc_id}, {
-            "_id": self.doc_id, "ts": start, "token": dict(token) if token is not None else None,
-            "counts": self.counts, "saved": _now()}, upsert=True)
-        self.last_ts = start
-
-    def open_saved(self) -> None:
-        saved = self.verifier.states.find_one({"_id": self.doc_id})
-        if saved is None:
-            self.open_fresh()
-            return
-        self.counts.update(saved.get("counts") or {})
-        self.last_ts = saved.get("ts")
-        try:
-            if saved.get("token"):
-                self.stream = self._watch(start_after=saved["token"])
-            else:
-                self.stream = self._watch(start_at_operation_time=saved["ts"])
-        except OperationFailure as exc:
-            if exc.code in HISTORY_LOST_CODES:
-                raise RuntimeError(f"the {self.side} no longer holds the saved change stream position; "
-                                   "start a new check (POST /api/v1/check after --clean)") from None
-            raise
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name=f"verify-reader-{self.side}", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(timeout=10)
-        self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.stream is not None:
-                self.stream.close()
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
-    # -- reading ------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except Exception as exc:
-            if self.stopping.is_set():  # closed under us while shutting down: the saved token stands
-                log.debug("change reader stopped", extra={"side": self.side, "error": str(exc)})
-                return
-            log.exception("change reader failed", extra={"side": self.side})
-            self.verifier.fail(f"{self.side} change reader: {type(exc).__name__}: {exc}")
-
-    def _loop(self) -> None:
-        last_flush = time.monotonic()
-        empty_after_off = 0
-        while not self.stopping.is_set():
-            target = self.verifier.writes_off_target(self.side)
-            poll_started = time.time()
-            event = self.stream.try_next()
-            if event is not None:
-                self._handle(event)
-                if target is not None and self.last_ts is not None and self.last_ts >= target[0]:
-                    self._flush()
-                    self.drained.set()
-                    return
-            elif target is not None and poll_started >= target[1]:
-                empty_after_off += 1
-                if empty_after_off >= 2:  # nothing more was written before the writes-off moment
-                    self._flush()
-                    self.drained.set()
-                    return
-            if len(self.pending) >= READER_BATCH or time.monotonic() - last_flush >= READER_FLUSH_S:
-                self._flush()
-                last_flush = time.monotonic()
-        self._flush()
-
-    def _handle(self, event: Mapping[str, Any]) -> None:
-        op = str(event.get("operationType"))
-        self.counts[op if op in self.counts else "other"] += 1
-        self.window.append((time.monotonic(), 1))
-        self.last_event_at = time.monotonic()
-        ts = event.get("clusterTime")
-        if isinstance(ts, Timestamp):
-            self.last_ts = ts
-        ns_doc = event.get("ns") or {}
-        db, coll = ns_doc.get("db"), ns_doc.get("coll")
-        if op in CRUD:
-            src_ns = self.mapping.get(f"{db}.{coll}")
-            key_doc = event.get("documentKey")
-            if src_ns is None or key_doc is None:
-                return
-            self.pending[(src_ns, Binary(id_key_from_raw_document(cast(RawBSONDocument, key_doc).raw)))] = None
-            return
-        # DDL: recheck the metadata of every pair it may touch.
-        touched = [f"{db}.{coll}"]
-        to = event.get("to")
-        if to is not None:
-            touched.append(f"{to.get('db')}.{to.get('coll')}")
-        if op == "dropDatabase" or coll is None:
-            touched = [ns for ns in self.mapping if ns.partition(".")[0] == db]
-        for ns in touched:
-            src_ns = self.mapping.get(ns)
-            if src_ns is not None:
-                self.pending[(src_ns, "meta")] = None
-
-    def _flush(self) -> None:
-        """Queue the pending rechecks for the next generation, then save the position."""
-        token = self.stream.resume_token if self.stream is not None else None
-        pending, self.pending = list(self.pending), {}
-        with self.verifier.gen_lock:
-            generation = self.verifier.generation + 1
-            if pending:
-                self.verifier.enqueue([(generation, ns, self.verifier.dst_of(ns), k, None) for ns, k in pending])
-        self.verifier.states.update_one({"_id": self.doc_id}, {"$set": {
-            "token": dict(token) if token is not None else None, "ts": self.last_ts, "counts": self.counts,
-            "saved": _now()}}, upsert=True)
-
-    def stats(self) -> dict[str, Any]:
-        now = time.monotonic()
-        recent = [n for t, n in self.window if now - t <= 60]
-        return {"eventsPerSecond": round(sum(recent) / 60, 3) if recent else None,
-                "lagSecs": None, "bufferSaturation": 0.0, "eventCounts": dict(self.counts)}
-
-
-# ======================================================================================
 # Task results
 # ======================================================================================
 
@@ -284,6 +91,7 @@ class TaskSink(Sink):
     """Persists a task's findings (and their rechecks) in batches; counts its progress."""
 
     def __init__(self, verifier: Verifier, task: dict[str, Any]) -> None:
+        super().__init__()
         self.verifier = verifier
         self.task = task
         self.generation: int = task["generation"]
@@ -292,11 +100,9 @@ class TaskSink(Sink):
         for key, first in zip(task.get("ids") or [], task.get("firsts") or [], strict=False):
             if first is not None:
                 self.firsts[bytes(key)] = first
-        self.lock = threading.Lock()
         self.buffer: list[dict[str, Any]] = []
         self.rechecks: list[tuple[int, str, str, Any, dt.datetime | None]] = []
         self.findings = 0
-        self.src_docs = self.dst_docs = self.src_bytes = self.dst_bytes = 0
 
     def _base(self, finding: DocFinding | NsFinding, first: dt.datetime) -> dict[str, Any]:
         now = _now()
@@ -329,12 +135,7 @@ class TaskSink(Sink):
             if not self.final:
                 self.rechecks.append((self.generation + 1, finding.ns, finding.dst_ns, "meta", None))
 
-    def progress(self, pair: Pair, src_docs: int, dst_docs: int, src_bytes: int, dst_bytes: int) -> None:
-        with self.lock:
-            self.src_docs += src_docs
-            self.dst_docs += dst_docs
-            self.src_bytes += src_bytes
-            self.dst_bytes += dst_bytes
+    def counted(self, pair: Pair, src_docs: int, dst_docs: int, src_bytes: int, dst_bytes: int) -> None:
         self.verifier.rate.add(src_docs, src_bytes + dst_bytes)
 
     def flush(self) -> None:
@@ -866,177 +667,6 @@ class Verifier:
         self.engine.stop.set()
         if self.driver is not None:
             self.driver.join(timeout=30)
-
-
-def mismatch_to_json(m: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"category": m["category"], "type": m["type"], "namespace": m["namespace"],
-                           "dstNamespace": m.get("dstNamespace"), "generation": m["generation"]}
-    if m["category"] == "document":
-        out["_id"] = to_json_value(id_value(bytes(m["key"])))
-        diffs = json.loads(m.get("diffs") or "[]")
-        if diffs:
-            out["diffs"] = diffs
-    else:
-        out["aspect"] = m.get("aspect")
-        if m.get("component") is not None:
-            out["component"] = m["component"]
-        if m.get("detail") is not None:
-            out["detail"] = m["detail"]
-    out["durationSecs"] = round(int(m.get("durationMS") or 0) / 1000, 3)
-    return out
-
-
-def doc_mismatch_lines(m: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The reference's DocMismatchInfo objects (one per differing top-level field)."""
-    base = {"type": m["type"], "namespace": m["namespace"], "_id": to_json_value(id_value(bytes(m["key"])))}
-    duration = round(int(m.get("durationMS") or 0) / 1000, 3)
-    if m["type"] != "content":
-        return [{**base, "durationSecs": duration}]
-    lines = []
-    seen: set[str] = set()
-    for d in json.loads(m.get("diffs") or "[]"):
-        field = d.get("field") or ""
-        if field in seen:
-            continue
-        seen.add(field)
-        line = dict(base)
-        if d.get("kind") != "order":
-            line["field"] = field
-        line["detail"] = d.get("detail")
-        line["durationSecs"] = duration
-        lines.append(line)
-    return lines or [{**base, "detail": "Mismatch", "durationSecs": duration}]
-
-
-# ======================================================================================
-# HTTP
-# ======================================================================================
-
-class _Headers(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        trace = str(uuid.uuid4())
-        log.debug("request", extra={"method": request.method, "path": request.url.path, "traceId": trace})
-        response = await call_next(request)
-        response.headers["Server"] = f"migration-verifier/mongoferry-{__version__}"
-        response.headers["Trace-Id"] = trace
-        return response
-
-
-async def _json_body(request: Request) -> tuple[dict[str, Any] | None, str | None]:
-    body = (await request.body()).strip()
-    if not body:
-        return {}, None
-    try:
-        parsed = json_util.loads(body.decode("utf-8"), json_options=json_util.RELAXED_JSON_OPTIONS)
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        return None, f"invalid JSON body: {exc}"
-    if not isinstance(parsed, dict):
-        return None, "the body must be a JSON object"
-    return parsed, None
-
-
-def verifier_app(v: Verifier) -> Starlette:
-    async def check(request: Request) -> JSONResponse:
-        body, error = await _json_body(request)
-        if body is None:
-            return JSONResponse({"error": error}, 400)
-        filt = body.get("filter")
-        if filt is not None and not isinstance(filt, dict):
-            return JSONResponse({"error": "`filter` must be a query document"}, 400)
-        if filt:
-            try:
-                await run_in_threadpool(_validate_filter, v, filt)
-            except OperationFailure as exc:
-                return JSONResponse({"error": f"invalid filter: {(exc.details or {}).get('errmsg', exc)}"}, 400)
-        try:
-            await run_in_threadpool(v.start_check, filt or None)
-        except UsageError as exc:
-            return JSONResponse({"error": exc.one_line()}, 400)
-        return JSONResponse({"success": True})
-
-    async def writes_off(request: Request) -> JSONResponse:
-        body, error = await _json_body(request)
-        if body is None:
-            return JSONResponse({"error": error}, 400)
-        failure = await run_in_threadpool(v.writes_off)
-        if failure:
-            return JSONResponse({"error": failure})
-        return JSONResponse({"success": True})
-
-    async def progress(request: Request) -> JSONResponse:
-        try:
-            return JSONResponse(await run_in_threadpool(v.progress))
-        except PyMongoError as exc:
-            return JSONResponse({"error": str(exc)})
-
-    def _generation(request: Request) -> int | None:
-        value = request.query_params.get("generation")
-        if value is None:
-            return None
-        if not value.isdigit():
-            raise ValueError("invalid `generation`")
-        return int(value)
-
-    async def mismatches(request: Request) -> JSONResponse:
-        try:
-            generation = _generation(request)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, 400)
-        try:
-            return JSONResponse(await run_in_threadpool(v.mismatch_items, generation))
-        except PyMongoError as exc:
-            return JSONResponse({"error": str(exc)})
-
-    def _ndjson(rows: Callable[[], list[dict[str, Any]]]) -> StreamingResponse:
-        def lines() -> Any:
-            try:
-                for row in rows():
-                    yield json.dumps(row, ensure_ascii=False) + "\n"
-            except PyMongoError:
-                log.exception("mismatch listing failed")
-                yield json.dumps({"error": "internal error"}) + "\n"
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson",
-                                 headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
-
-    async def doc_mismatches(request: Request) -> StreamingResponse:
-        g = v.served_generation()
-        return _ndjson(lambda: [line for m in v.mismatches.find({"generation": g, "category": "document"})
-                                for line in doc_mismatch_lines(m)])
-
-    async def ns_mismatches(request: Request) -> StreamingResponse:
-        g = v.served_generation()
-
-        def rows() -> list[dict[str, Any]]:
-            out = []
-            for m in v.mismatches.find({"generation": g, "category": "namespace"}):
-                row = {"type": m["type"], "namespace": m["namespace"], "aspect": m.get("aspect")}
-                if m.get("component") is not None:
-                    row["component"] = m["component"]
-                if m.get("detail") is not None and m["type"] == "content":
-                    row["detail"] = m["detail"]
-                out.append(row)
-            return out
-
-        return _ndjson(rows)
-
-    app = Starlette(routes=[
-        Route("/api/v1/check", check, methods=["POST"]),
-        Route("/api/v1/writesOff", writes_off, methods=["POST"]),
-        Route("/api/v1/progress", progress, methods=["GET"]),
-        Route("/api/v1/mismatches", mismatches, methods=["GET"]),
-        Route("/api/v1/docMismatches", doc_mismatches, methods=["GET"]),
-        Route("/api/v1/nsMismatches", ns_mismatches, methods=["GET"]),
-    ])
-    app.add_middleware(_Headers)
-    return app
-
-
-def _validate_filter(v: Verifier, filt: dict[str, Any]) -> None:
-    """Let the server reject a bad query before the check starts."""
-    pairs = v.pairs or resolve_pairs(v.s, v.ends.src, v.ends.dst, v.ends.nsmap)
-    if pairs:
-        pairs[0].src_coll(v.ends.src).find_one(filt)
 
 
 def _listening_port(http: HttpServer, requested: int) -> int:

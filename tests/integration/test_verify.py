@@ -22,7 +22,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from mongoferry.embedded import EmbeddedServer, child_env, free_port
-from mongoferry.verify import to_json_value
+from mongoferry.verify_keys import to_json_value
 from tests.integration.conftest import Result, cli_args, wait_for
 
 # Until cli.py registers the command (`main.add_command(verify_command)`), run it through a shim.

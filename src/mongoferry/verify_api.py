@@ -1,0 +1,203 @@
+"""The verifier's HTTP API, compatible with mongodb-labs/migration-verifier's
+(``/api/v1/check``, ``writesOff``, ``progress``, ``summary``, ``docMismatches``,
+``nsMismatches``) plus ``/api/v1/mismatches`` (every finding with its field-level diff)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from bson import json_util
+from pymongo.errors import OperationFailure, PyMongoError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from mongoferry import __version__
+from mongoferry.errors import UsageError
+from mongoferry.verify_keys import id_value, to_json_value
+from mongoferry.verify_metadata import resolve_pairs
+
+if TYPE_CHECKING:
+    from mongoferry.verify_server import Verifier
+
+log = logging.getLogger("mongoferry.verify")
+
+
+def mismatch_to_json(m: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"category": m["category"], "type": m["type"], "namespace": m["namespace"],
+                           "dstNamespace": m.get("dstNamespace"), "generation": m["generation"]}
+    if m["category"] == "document":
+        out["_id"] = to_json_value(id_value(bytes(m["key"])))
+        diffs = json.loads(m.get("diffs") or "[]")
+        if diffs:
+            out["diffs"] = diffs
+    else:
+        out["aspect"] = m.get("aspect")
+        if m.get("component") is not None:
+            out["component"] = m["component"]
+        if m.get("detail") is not None:
+            out["detail"] = m["detail"]
+    out["durationSecs"] = round(int(m.get("durationMS") or 0) / 1000, 3)
+    return out
+
+
+def doc_mismatch_lines(m: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The reference's DocMismatchInfo objects (one per differing top-level field)."""
+    base = {"type": m["type"], "namespace": m["namespace"], "_id": to_json_value(id_value(bytes(m["key"])))}
+    duration = round(int(m.get("durationMS") or 0) / 1000, 3)
+    if m["type"] != "content":
+        return [{**base, "durationSecs": duration}]
+    lines = []
+    seen: set[str] = set()
+    for d in json.loads(m.get("diffs") or "[]"):
+        field = d.get("field") or ""
+        if field in seen:
+            continue
+        seen.add(field)
+        line = dict(base)
+        if d.get("kind") != "order":
+            line["field"] = field
+        line["detail"] = d.get("detail")
+        line["durationSecs"] = duration
+        lines.append(line)
+    return lines or [{**base, "detail": "Mismatch", "durationSecs": duration}]
+
+
+# ======================================================================================
+# HTTP
+# ======================================================================================
+
+class _Headers(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        trace = str(uuid.uuid4())
+        log.debug("request", extra={"method": request.method, "path": request.url.path, "traceId": trace})
+        response = await call_next(request)
+        response.headers["Server"] = f"migration-verifier/mongoferry-{__version__}"
+        response.headers["Trace-Id"] = trace
+        return response
+
+
+async def _json_body(request: Request) -> tuple[dict[str, Any] | None, str | None]:
+    body = (await request.body()).strip()
+    if not body:
+        return {}, None
+    try:
+        parsed = json_util.loads(body.decode("utf-8"), json_options=json_util.RELAXED_JSON_OPTIONS)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        return None, f"invalid JSON body: {exc}"
+    if not isinstance(parsed, dict):
+        return None, "the body must be a JSON object"
+    return parsed, None
+
+
+def verifier_app(v: Verifier) -> Starlette:
+    async def check(request: Request) -> JSONResponse:
+        body, error = await _json_body(request)
+        if body is None:
+            return JSONResponse({"error": error}, 400)
+        filt = body.get("filter")
+        if filt is not None and not isinstance(filt, dict):
+            return JSONResponse({"error": "`filter` must be a query document"}, 400)
+        if filt:
+            try:
+                await run_in_threadpool(_validate_filter, v, filt)
+            except OperationFailure as exc:
+                return JSONResponse({"error": f"invalid filter: {(exc.details or {}).get('errmsg', exc)}"}, 400)
+        try:
+            await run_in_threadpool(v.start_check, filt or None)
+        except UsageError as exc:
+            return JSONResponse({"error": exc.one_line()}, 400)
+        return JSONResponse({"success": True})
+
+    async def writes_off(request: Request) -> JSONResponse:
+        body, error = await _json_body(request)
+        if body is None:
+            return JSONResponse({"error": error}, 400)
+        failure = await run_in_threadpool(v.writes_off)
+        if failure:
+            return JSONResponse({"error": failure})
+        return JSONResponse({"success": True})
+
+    async def progress(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(await run_in_threadpool(v.progress))
+        except PyMongoError as exc:
+            return JSONResponse({"error": str(exc)})
+
+    def _generation(request: Request) -> int | None:
+        value = request.query_params.get("generation")
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise ValueError("invalid `generation`")
+        return int(value)
+
+    async def mismatches(request: Request) -> JSONResponse:
+        try:
+            generation = _generation(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        try:
+            return JSONResponse(await run_in_threadpool(v.mismatch_items, generation))
+        except PyMongoError as exc:
+            return JSONResponse({"error": str(exc)})
+
+    def _ndjson(rows: Callable[[], list[dict[str, Any]]]) -> StreamingResponse:
+        def lines() -> Any:
+            try:
+                for row in rows():
+                    yield json.dumps(row, ensure_ascii=False) + "\n"
+            except PyMongoError:
+                log.exception("mismatch listing failed")
+                yield json.dumps({"error": "internal error"}) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson",
+                                 headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+
+    async def doc_mismatches(request: Request) -> StreamingResponse:
+        g = v.served_generation()
+        return _ndjson(lambda: [line for m in v.mismatches.find({"generation": g, "category": "document"})
+                                for line in doc_mismatch_lines(m)])
+
+    async def ns_mismatches(request: Request) -> StreamingResponse:
+        g = v.served_generation()
+
+        def rows() -> list[dict[str, Any]]:
+            out = []
+            for m in v.mismatches.find({"generation": g, "category": "namespace"}):
+                row = {"type": m["type"], "namespace": m["namespace"], "aspect": m.get("aspect")}
+                if m.get("component") is not None:
+                    row["component"] = m["component"]
+                if m.get("detail") is not None and m["type"] == "content":
+                    row["detail"] = m["detail"]
+                out.append(row)
+            return out
+
+        return _ndjson(rows)
+
+    app = Starlette(routes=[
+        Route("/api/v1/check", check, methods=["POST"]),
+        Route("/api/v1/writesOff", writes_off, methods=["POST"]),
+        Route("/api/v1/progress", progress, methods=["GET"]),
+        Route("/api/v1/mismatches", mismatches, methods=["GET"]),
+        Route("/api/v1/docMismatches", doc_mismatches, methods=["GET"]),
+        Route("/api/v1/nsMismatches", ns_mismatches, methods=["GET"]),
+    ])
+    app.add_middleware(_Headers)
+    return app
+
+
+def _validate_filter(v: Verifier, filt: dict[str, Any]) -> None:
+    """Let the server reject a bad query before the check starts."""
+    pairs = v.pairs or resolve_pairs(v.s, v.ends.src, v.ends.dst, v.ends.nsmap)
+    if pairs:
+        pairs[0].src_coll(v.ends.src).find_one(filt)
+
+

@@ -1,0 +1,199 @@
+"""The verifier's change readers: one change stream per side, every touched ``_id`` queued for
+a recheck in the next generation, the resume token saved after the queue entries it covers."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from bson import Binary, Timestamp
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import OperationFailure
+
+from mongoferry.capture import HISTORY_LOST_CODES, current_time
+from mongoferry.clients import Client, connect
+from mongoferry.compare import id_key_from_raw_document
+
+if TYPE_CHECKING:
+    from mongoferry.verify_server import Verifier
+
+log = logging.getLogger("mongoferry.verify")
+
+READER_FLUSH_S: Final = 0.5
+READER_BATCH: Final = 500
+EVENT_KINDS: Final = ("insert", "update", "replace", "delete", "create", "modify", "createIndexes",
+                      "dropIndexes", "shardCollection", "reshardCollection", "refineCollectionShardKey")
+CRUD: Final = frozenset({"insert", "update", "replace", "delete"})
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ChangeReader:
+    """Tails one side's change stream and queues every touched ``_id`` for a recheck."""
+
+    def __init__(self, verifier: Verifier, side: str, uri: str, mapping: dict[str, str]) -> None:
+        self.verifier = verifier
+        self.side = side  # "src" | "dst"
+        self.uri = uri
+        self.mapping = mapping  # this side's namespace -> source namespace
+        self.doc_id = f"reader:{side}"
+        self.client: Client | None = None
+        self.stream: Any = None
+        self.counts: dict[str, int] = dict.fromkeys((*EVENT_KINDS, "other"), 0)
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.drained = threading.Event()
+        self.last_ts: Timestamp | None = None
+        self.last_event_at = time.monotonic()
+        self.window: collections.deque[tuple[float, int]] = collections.deque(maxlen=600)
+        self.pending: dict[tuple[str, Any], None] = {}
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _connect(self) -> Client:
+        if self.client is None:
+            self.client = connect(self.uri, f"{'source' if self.side == 'src' else 'destination'} change stream",
+                                  self.verifier.s.connect_timeout, document_class=RawBSONDocument)
+        return self.client
+
+    def _watch(self, **kwargs: Any) -> Any:
+        excluded = ["admin", "config", "local", self.verifier.s.meta_db]
+        return self._connect().watch([{"$match": {"ns.db": {"$nin": excluded}}}], max_await_time_ms=250,
+                                     batch_size=READER_BATCH, show_expanded_events=True, **kwargs)
+
+    def open_fresh(self) -> None:
+        """Open at the current time and save the position at once (before any comparison)."""
+        start = current_time(self._connect())
+        self.stream = self._watch(start_at_operation_time=start)
+        token = self.stream.resume_token
+        self.verifier.states.replace_one({"_id": self.doc_id}, {
+            "_id": self.doc_id, "ts": start, "token": dict(token) if token is not None else None,
+            "counts": self.counts, "saved": _now()}, upsert=True)
+        self.last_ts = start
+
+    def open_saved(self) -> None:
+        saved = self.verifier.states.find_one({"_id": self.doc_id})
+        if saved is None:
+            self.open_fresh()
+            return
+        self.counts.update(saved.get("counts") or {})
+        self.last_ts = saved.get("ts")
+        try:
+            if saved.get("token"):
+                self.stream = self._watch(start_after=saved["token"])
+            else:
+                self.stream = self._watch(start_at_operation_time=saved["ts"])
+        except OperationFailure as exc:
+            if exc.code in HISTORY_LOST_CODES:
+                raise RuntimeError(f"the {self.side} no longer holds the saved change stream position; "
+                                   "start a new check (POST /api/v1/check after --clean)") from None
+            raise
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=f"verify-reader-{self.side}", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.stream is not None:
+                self.stream.close()
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:
+            if self.stopping.is_set():  # closed under us while shutting down: the saved token stands
+                log.debug("change reader stopped", extra={"side": self.side, "error": str(exc)})
+                return
+            log.exception("change reader failed", extra={"side": self.side})
+            self.verifier.fail(f"{self.side} change reader: {type(exc).__name__}: {exc}")
+
+    def _loop(self) -> None:
+        last_flush = time.monotonic()
+        empty_after_off = 0
+        while not self.stopping.is_set():
+            target = self.verifier.writes_off_target(self.side)
+            poll_started = time.time()
+            event = self.stream.try_next()
+            if event is not None:
+                self._handle(event)
+                if target is not None and self.last_ts is not None and self.last_ts >= target[0]:
+                    self._flush()
+                    self.drained.set()
+                    return
+            elif target is not None and poll_started >= target[1]:
+                empty_after_off += 1
+                if empty_after_off >= 2:  # nothing more was written before the writes-off moment
+                    self._flush()
+                    self.drained.set()
+                    return
+            if len(self.pending) >= READER_BATCH or time.monotonic() - last_flush >= READER_FLUSH_S:
+                self._flush()
+                last_flush = time.monotonic()
+        self._flush()
+
+    def _handle(self, event: Mapping[str, Any]) -> None:
+        op = str(event.get("operationType"))
+        self.counts[op if op in self.counts else "other"] += 1
+        self.window.append((time.monotonic(), 1))
+        self.last_event_at = time.monotonic()
+        ts = event.get("clusterTime")
+        if isinstance(ts, Timestamp):
+            self.last_ts = ts
+        ns_doc = event.get("ns") or {}
+        db, coll = ns_doc.get("db"), ns_doc.get("coll")
+        if op in CRUD:
+            src_ns = self.mapping.get(f"{db}.{coll}")
+            key_doc = event.get("documentKey")
+            if src_ns is None or key_doc is None:
+                return
+            self.pending[(src_ns, Binary(id_key_from_raw_document(cast(RawBSONDocument, key_doc).raw)))] = None
+            return
+        # DDL: recheck the metadata of every pair it may touch.
+        touched = [f"{db}.{coll}"]
+        to = event.get("to")
+        if to is not None:
+            touched.append(f"{to.get('db')}.{to.get('coll')}")
+        if op == "dropDatabase" or coll is None:
+            touched = [ns for ns in self.mapping if ns.partition(".")[0] == db]
+        for ns in touched:
+            src_ns = self.mapping.get(ns)
+            if src_ns is not None:
+                self.pending[(src_ns, "meta")] = None
+
+    def _flush(self) -> None:
+        """Queue the pending rechecks for the next generation, then save the position."""
+        token = self.stream.resume_token if self.stream is not None else None
+        pending, self.pending = list(self.pending), {}
+        with self.verifier.gen_lock:
+            generation = self.verifier.generation + 1
+            if pending:
+                self.verifier.enqueue([(generation, ns, self.verifier.dst_of(ns), k, None) for ns, k in pending])
+        self.verifier.states.update_one({"_id": self.doc_id}, {"$set": {
+            "token": dict(token) if token is not None else None, "ts": self.last_ts, "counts": self.counts,
+            "saved": _now()}}, upsert=True)
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        recent = [n for t, n in self.window if now - t <= 60]
+        return {"eventsPerSecond": round(sum(recent) / 60, 3) if recent else None,
+                "lagSecs": None, "bufferSaturation": 0.0, "eventCounts": dict(self.counts)}
