@@ -66,6 +66,7 @@ __all__ = [
     "Publication",
     "dedupe_key",
     "encode_channel",
+    "flattened_update_fields",
     "go_json_string",
     "last_processed_key",
     "meteor_id_stringify",
@@ -466,13 +467,20 @@ def _is_array_operator(value: Any) -> bool:
     return all(k == "a" or _ARRAY_INDEX_KEY.match(k) for k in doc)
 
 
+def _leaf_items(path: str, value: Any) -> Iterator[tuple[str, Any]]:
+    """``(path, value)`` of each leaf below ``value``: non-empty documents (DBRefs too) are
+    walked, everything else (arrays, empty documents, scalars) is a leaf."""
+    doc = _as_document(value)
+    if doc:
+        for key, inner in doc.items():
+            yield from _leaf_items(f"{path}.{key}", inner)
+    else:
+        yield path, value
+
+
 def _flat_keys(prefix: str, obj: Mapping[str, Any]) -> Iterator[str]:
     for key, value in obj.items():
-        doc = _as_document(value)
-        if doc:
-            yield from _flat_keys(prefix + key + ".", doc)
-        else:
-            yield prefix + key
+        yield from (path for path, _ in _leaf_items(prefix + key, value))
 
 
 def _v2_deep_fields(diff: Mapping[str, Any], prefix: str, problems: list[str]) -> list[str]:
@@ -526,8 +534,9 @@ def _description_fields(desc: Mapping[str, Any], deep_fields: bool) -> list[str]
     Paths are taken from ``updatedFields`` keys, then ``removedFields``, then the
     ``field`` of each ``truncatedArrays`` entry. In shallow mode each path becomes its
     top-level name (using ``disambiguatedPaths`` when the server sent it, so a field
-    named ``"a.b"`` stays whole). Deep mode keeps the dotted paths. Both keep the order
-    of first appearance, without repeats.
+    named ``"a.b"`` stays whole). Deep mode keeps the dotted paths (for the leaf paths of
+    document values, as OTR lists them, pass the event through :func:`flattened_update_fields`
+    first). Both keep the order of first appearance, without repeats.
     """
     paths: list[str] = []
     updated = desc.get("updatedFields")
@@ -553,6 +562,26 @@ def _description_fields(desc: Mapping[str, Any], deep_fields: bool) -> list[str]
                 tops.append(path.split(".", 1)[0])
         paths = tops
     return list(dict.fromkeys(paths))
+
+
+def flattened_update_fields(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """For deep mode: ``event`` with the document values in ``updatedFields`` flattened to leaf paths.
+
+    OTR's deep converter walks each new value (``flatKeys``): ``$set {n: {a: {b: 1}}}`` gives
+    ``n.a.b``, not ``n``. A change event without ``rawUpdateDescription`` (MongoDB before 6.0,
+    or servers that do not offer it) only has ``updatedFields``, so its document values are
+    flattened the same way before the fields are read from it. Arrays and empty documents stay.
+    Anything else (other event types, a ``rawUpdateDescription``, nothing to flatten) is
+    returned as it is; ``event`` itself is never changed.
+    """
+    desc = event.get("updateDescription")
+    if event.get("operationType") != "update" or "rawUpdateDescription" in event or not isinstance(desc, Mapping):
+        return event
+    updated = desc.get("updatedFields")
+    if not isinstance(updated, Mapping) or not any(_as_document(v) for v in updated.values()):
+        return event
+    flat = {path: leaf for key, value in updated.items() for path, leaf in _leaf_items(str(key), value)}
+    return {**event, "updateDescription": {**desc, "updatedFields": flat}}
 
 
 # --------------------------------------------------------------------------- publications

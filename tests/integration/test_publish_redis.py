@@ -463,7 +463,7 @@ def test_deep_fields_meteor_ids_and_oplogtoredis_variables(mongo: EmbeddedServer
 def test_configuration_layers_and_oplogtoredis_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mongoferry.config import load_settings
     from mongoferry.errors import UsageError
-    from mongoferry.publish_redis import OTR_VARIABLES, PublishRedisSettings, parse_go_duration
+    from mongoferry.publish_redis_settings import OTR_VARIABLES, PublishRedisSettings, parse_go_duration
 
     for name in list(os.environ):
         if name.startswith(("MONGOFERRY_", "OTR_")):

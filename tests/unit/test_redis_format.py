@@ -40,6 +40,7 @@ from mongoferry.redis_format import (
     Publication,
     dedupe_key,
     encode_channel,
+    flattened_update_fields,
     go_json_string,
     last_processed_key,
     meteor_id_stringify,
@@ -870,6 +871,116 @@ def test_change_event_update_uses_disambiguated_paths_for_top_level_names() -> N
     }
     pub = single_event(event("update", updateDescription=desc))
     assert json.loads(pub.message)["f"] == ["a.b", "c"]
+
+
+# flattened_update_fields: deep mode without rawUpdateDescription (MongoDB before 6.0)
+
+
+def test_flattened_update_fields_walks_nested_documents_to_leaf_paths() -> None:
+    desc = {
+        "updatedFields": {"n": {"a": {"b": 1}, "c": "two"}, "top": 3, "x.y": {"z": None}},
+        "removedFields": ["gone.deep", "r"],
+        "truncatedArrays": [{"field": "arr", "newSize": 1}],
+    }
+    ev = event("update", updateDescription=desc)
+    before = json.dumps(ev, default=str)
+    flat = flattened_update_fields(ev)
+    assert flat["updateDescription"]["updatedFields"] == {"n.a.b": 1, "n.c": "two", "top": 3, "x.y.z": None}
+    assert list(flat["updateDescription"]["updatedFields"]) == ["n.a.b", "n.c", "top", "x.y.z"]
+    # Only updatedFields changes: removed fields, truncated arrays and the rest stay as they were.
+    assert flat["updateDescription"]["removedFields"] == ["gone.deep", "r"]
+    assert flat["updateDescription"]["truncatedArrays"] == [{"field": "arr", "newSize": 1}]
+    assert {k: v for k, v in flat.items() if k != "updateDescription"} == {
+        k: v for k, v in ev.items() if k != "updateDescription"
+    }
+    assert json.dumps(ev, default=str) == before  # the event itself is not changed
+
+
+def test_flattened_update_fields_keeps_arrays_empty_documents_and_scalars_whole() -> None:
+    updated = {"arr": [{"a": 1}, 2], "empty": {}, "n": {"e": {}, "l": [{"x": 1}], "s": "v"}}
+    flat = flattened_update_fields(event("update", updateDescription={"updatedFields": updated}))
+    assert flat["updateDescription"]["updatedFields"] == {
+        "arr": [{"a": 1}, 2],
+        "empty": {},
+        "n.e": {},
+        "n.l": [{"x": 1}],
+        "n.s": "v",
+    }
+
+
+def test_flattened_update_fields_walks_dbrefs_like_documents() -> None:
+    only_a_dbref = {"s": 1, "owner": DBRef("users", 5)}  # a DBRef alone is enough to flatten
+    flat = flattened_update_fields(event("update", updateDescription={"updatedFields": only_a_dbref}))
+    assert list(flat["updateDescription"]["updatedFields"].items()) == [
+        ("s", 1),
+        ("owner.$ref", "users"),
+        ("owner.$id", 5),
+    ]
+    nested = {"n": {"r": DBRef("c", "i", "db")}}
+    flat = flattened_update_fields(event("update", updateDescription={"updatedFields": nested}))
+    assert list(flat["updateDescription"]["updatedFields"].items()) == [
+        ("n.r.$ref", "c"),
+        ("n.r.$id", "i"),
+        ("n.r.$db", "db"),
+    ]
+
+
+def test_flattened_update_fields_first_place_of_a_path_wins_the_order_last_value_wins() -> None:
+    updated = {"a.b": 1, "k": 0, "a": {"b": 2, "c": 3}}
+    flat = flattened_update_fields(event("update", updateDescription={"updatedFields": updated}))
+    assert list(flat["updateDescription"]["updatedFields"].items()) == [("a.b", 2), ("k", 0), ("a.c", 3)]
+
+
+@pytest.mark.parametrize(
+    "ev",
+    [
+        event("update", updateDescription={"updatedFields": {"a": 1, "b.c": [1], "d": {}}, "removedFields": ["x"]}),
+        event("update", updateDescription={"updatedFields": {"a": {"b": 1}}}, rawUpdateDescription={"$set": {}}),
+        event("update", updateDescription={"updatedFields": {"a": {"b": 1}}}, rawUpdateDescription=None),
+        event("replace", updateDescription={"updatedFields": {"a": {"b": 1}}}, fullDocument={"a": {"b": 1}}),
+        event("insert", fullDocument={"_id": "someid", "a": {"b": 1}}),
+        event("update", updateDescription=DBRef("c", {"updatedFields": {"a": {"b": 1}}})),
+        event("update", updateDescription={"updatedFields": [("a", {"b": 1})]}),
+        event("update"),
+    ],
+    ids=["no-documents", "raw", "raw-null", "replace", "insert", "description-not-a-map", "fields-not-a-map",
+         "no-description"],
+)
+def test_flattened_update_fields_returns_other_events_as_they_are(ev: dict[str, Any]) -> None:
+    assert flattened_update_fields(ev) is ev
+
+
+def fields_of(ev: Mapping[str, Any], *, deep: bool) -> list[str]:
+    fields: list[str] = json.loads(single_event(ev, deep_fields=deep).message)["f"]
+    return fields
+
+
+def test_flattened_update_fields_deep_vs_not_deep() -> None:
+    desc = {
+        "updatedFields": {"n": {"a": {"b": 1}, "c": {}}, "arr": [{"x": 1}], "s": 1},
+        "removedFields": ["gone.deep", "r"],
+        "truncatedArrays": [],
+    }
+    ev = event("update", updateDescription=desc)
+    # Deep mode, as publish-redis runs it: the leaf paths, as OTR's flatKeys lists them.
+    assert fields_of(flattened_update_fields(ev), deep=True) == ["n.a.b", "n.c", "arr", "s", "gone.deep", "r"]
+    # Without the flattening, deep mode would only see the updated names.
+    assert fields_of(ev, deep=True) == ["n", "arr", "s", "gone.deep", "r"]
+    # Shallow mode is not flattened (publish-redis only flattens in deep mode): top-level names.
+    assert fields_of(ev, deep=False) == ["n", "arr", "s", "gone", "r"]
+
+
+def test_flattened_update_description_matches_the_raw_description_in_deep_mode() -> None:
+    new_value = {"a": {"b": 1, "c": [1, {"d": 2}]}, "e": {}}
+    raw = event("update", rawUpdateDescription={"$v": 2, "diff": {"u": {"n": new_value, "t": 5}}})
+    desc = event("update", updateDescription={"updatedFields": {"n": new_value, "t": 5}, "removedFields": []})
+    assert flattened_update_fields(raw) is raw
+    assert fields_of(flattened_update_fields(desc), deep=True) == fields_of(raw, deep=True) == [
+        "n.a.b",
+        "n.a.c",
+        "n.e",
+        "t",
+    ]
 
 
 def test_change_event_update_with_raw_v2_description_matches_the_oplog() -> None:
