@@ -30,6 +30,7 @@ import math
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
@@ -50,6 +51,7 @@ __all__ = [
     "compare_collection_specs",
     "compare_index_specs",
     "compare_raw_documents",
+    "compare_shard_keys",
     "doc_key",
     "doc_key_for_value",
     "id_key_from_raw_document",
@@ -57,13 +59,14 @@ __all__ = [
     "mismatch_detail",
     "normalize_index_spec",
     "pairing_key",
+    "shard_keys_equal",
     "top_level_mismatches",
 ]
 
 CompareMode = Literal["binary", "ignore-order"]
 FieldDiffKind = Literal["missing_on_dst", "missing_on_src", "value", "type", "order"]
 IndexDiffKind = Literal["missing_on_dst", "missing_on_src", "spec", "order"]
-SpecAspect = Literal["exist", "type", "spec", "readOnly"]
+SpecAspect = Literal["exist", "type", "spec", "readOnly", "shard key"]
 SpecDiffKind = Literal["missing_on_dst", "missing_on_src", "content"]
 
 # --------------------------------------------------------------------------------------
@@ -843,3 +846,53 @@ def compare_collection_specs(
             out.append(SpecDiff("spec", f"options.{diff.top_field}", "content",
                                 mismatch_detail(diff)))
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Shard keys (reference 6.8; only when both clusters are sharded)
+# --------------------------------------------------------------------------------------
+
+
+def _key_number(value: Any) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return Decimal(value) if not (isinstance(value, float) and not math.isfinite(value)) else None
+    if isinstance(value, Decimal128):
+        dec = value.to_decimal()
+        return dec if dec.is_finite() else None
+    return None
+
+
+def shard_keys_equal(src: Mapping[str, Any], dst: Mapping[str, Any]) -> bool:
+    """The server's ``$eq`` on two key patterns: the same fields in the same order, numbers equal
+    by value whatever their type (``{a: 1}`` equals ``{a: 1.0}``), anything else exactly."""
+    if list(src.keys()) != list(dst.keys()):
+        return False
+    for name, a in src.items():
+        b = dst[name]
+        na, nb = _key_number(a), _key_number(b)
+        if na is not None or nb is not None:
+            if na != nb:
+                return False
+        elif a != b or type(a) is not type(b):
+            return False
+    return True
+
+
+def compare_shard_keys(src: Mapping[str, Any] | None, dst: Mapping[str, Any] | None) -> SpecDiff | None:
+    """Compare a collection's shard key on two sharded clusters (``None``: not sharded there)."""
+    if src is None and dst is None:
+        return None
+    if dst is None:
+        return SpecDiff("shard key", None, "missing_on_dst", "Missing")
+    if src is None:
+        return SpecDiff("shard key", None, "missing_on_src", "Missing")
+    if shard_keys_equal(src, dst):
+        return None
+    return SpecDiff("shard key", None, "content",
+                    f"Mismatch: src: {_canonical_key_text(src)}, dst: {_canonical_key_text(dst)}")
+
+
+def _canonical_key_text(key: Mapping[str, Any]) -> str:
+    return json_util.dumps(key, json_options=json_util.CANONICAL_JSON_OPTIONS)

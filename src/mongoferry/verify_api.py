@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from bson import json_util
 from pymongo.errors import OperationFailure, PyMongoError
@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mongoferry import __version__
+from mongoferry.compare import INDEX_SPEC_TOLERANCES, index_patch_suppressed
 from mongoferry.errors import UsageError
 from mongoferry.verify_keys import id_value, to_json_value
 from mongoferry.verify_metadata import resolve_pairs
@@ -68,6 +69,57 @@ def doc_mismatch_lines(m: Mapping[str, Any]) -> list[dict[str, Any]]:
         line["durationSecs"] = duration
         lines.append(line)
     return lines or [{**base, "detail": "Mismatch", "durationSecs": duration}]
+
+
+MAX_UINT32: Final = 2**32 - 1
+
+
+def parse_min_duration(value: str | None) -> int:
+    """``?minDurationSecs=``: a uint32 (absent or empty: 0)."""
+    if value is None or value == "":
+        return 0
+    if not value.isdigit() or int(value) > MAX_UINT32:
+        raise ValueError(f"invalid `minDurationSecs`: {value!r} is not a whole number of seconds "
+                         f"from 0 to {MAX_UINT32}")
+    return int(value)
+
+
+def parse_index_spec_ignore(values: Iterable[str]) -> frozenset[str]:
+    """``?indexSpecIgnore=a,b`` (or repeated): names from :data:`INDEX_SPEC_TOLERANCES` only."""
+    names = [n.strip() for item in values for n in item.split(",") if n.strip()]
+    bad = [n for n in names if n not in INDEX_SPEC_TOLERANCES]
+    if bad:
+        raise ValueError("invalid `indexSpecIgnore`: [" + ", ".join(f"`{b}`" for b in bad) + "] (allowed: "
+                         + ", ".join(sorted(INDEX_SPEC_TOLERANCES)) + ")")
+    return frozenset(names)
+
+
+def ns_mismatch_info(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference's NSMismatchInfo object of a stored namespace finding."""
+    row: dict[str, Any] = {"type": m["type"], "namespace": m["namespace"], "aspect": m.get("aspect")}
+    if m.get("component") is not None:
+        row["component"] = m["component"]
+    if m.get("detail") is not None and m["type"] == "content":
+        row["detail"] = m["detail"]
+    return row
+
+
+def tolerated(m: Mapping[str, Any], tolerances: frozenset[str]) -> bool:
+    """An index difference that ``indexSpecIgnore`` suppresses (every patch path is tolerated)."""
+    return (bool(tolerances) and m.get("aspect") == "index" and m.get("type") == "content"
+            and index_patch_suppressed(str(m.get("detail") or ""), tolerances))
+
+
+def doc_mismatch_summary(lines: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """``summary.docMismatches``: counts of the lines ``/docMismatches`` serves."""
+    by_type: dict[str, int] = {}
+    by_ns: dict[str, int] = {}
+    total = 0
+    for line in lines:
+        total += 1
+        by_type[line["type"]] = by_type.get(line["type"], 0) + 1
+        by_ns[line["namespace"]] = by_ns.get(line["namespace"], 0) + 1
+    return {"total": total, "byType": by_type, "byNamespace": by_ns}
 
 
 # ======================================================================================
@@ -149,44 +201,50 @@ def verifier_app(v: Verifier) -> Starlette:
         except PyMongoError as exc:
             return JSONResponse({"error": str(exc)})
 
-    def _ndjson(rows: Callable[[], list[dict[str, Any]]]) -> StreamingResponse:
-        def lines() -> Any:
+    def _ndjson(rows: Callable[[], Iterable[dict[str, Any]]]) -> StreamingResponse:
+        trace = str(uuid.uuid4())
+
+        def lines() -> Iterator[str]:
             try:
                 for row in rows():
                     yield json.dumps(row, ensure_ascii=False) + "\n"
             except PyMongoError:
-                log.exception("mismatch listing failed")
-                yield json.dumps({"error": "internal error"}) + "\n"
+                log.exception("mismatch listing failed", extra={"traceId": trace})
+                yield json.dumps({"error": f"internal error (ref #: {trace})"}) + "\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson",
                                  headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
 
-    async def doc_mismatches(request: Request) -> StreamingResponse:
-        g = v.served_generation()
-        return _ndjson(lambda: [line for m in v.mismatches.find({"generation": g, "category": "document"})
-                                for line in doc_mismatch_lines(m)])
+    async def doc_mismatches(request: Request) -> Response:
+        try:
+            min_s = parse_min_duration(request.query_params.get("minDurationSecs"))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        return _ndjson(lambda: v.doc_mismatch_lines(min_s))
 
-    async def ns_mismatches(request: Request) -> StreamingResponse:
-        g = v.served_generation()
+    async def ns_mismatches(request: Request) -> Response:
+        try:
+            tolerances = parse_index_spec_ignore(request.query_params.getlist("indexSpecIgnore"))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        return _ndjson(lambda: (ns_mismatch_info(m) for m in v.ns_mismatches() if not tolerated(m, tolerances)))
 
-        def rows() -> list[dict[str, Any]]:
-            out = []
-            for m in v.mismatches.find({"generation": g, "category": "namespace"}):
-                row = {"type": m["type"], "namespace": m["namespace"], "aspect": m.get("aspect")}
-                if m.get("component") is not None:
-                    row["component"] = m["component"]
-                if m.get("detail") is not None and m["type"] == "content":
-                    row["detail"] = m["detail"]
-                out.append(row)
-            return out
-
-        return _ndjson(rows)
+    async def summary(request: Request) -> JSONResponse:
+        try:
+            min_s = parse_min_duration(request.query_params.get("minDurationSecs"))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        try:
+            return JSONResponse(await run_in_threadpool(v.summary, min_s))
+        except PyMongoError as exc:
+            return JSONResponse({"error": str(exc)})
 
     app = Starlette(routes=[
         Route("/api/v1/check", check, methods=["POST"]),
         Route("/api/v1/writesOff", writes_off, methods=["POST"]),
         Route("/api/v1/progress", progress, methods=["GET"]),
         Route("/api/v1/mismatches", mismatches, methods=["GET"]),
+        Route("/api/v1/summary", summary, methods=["GET"]),
         Route("/api/v1/docMismatches", doc_mismatches, methods=["GET"]),
         Route("/api/v1/nsMismatches", ns_mismatches, methods=["GET"]),
     ])

@@ -66,6 +66,8 @@ class Engine:
     stop: threading.Event = field(default_factory=threading.Event)
     #: Can the source read an `_id` range through the index? Probed once per run (None: not yet).
     ranges_cheap: bool | None = None
+    #: Is each side ("src"/"dst") a sharded cluster (mongos)? Probed once per run.
+    sharded: dict[str, bool] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ documents
     def compare_pair(self, pair: Pair, key: bytes, s_raw: bytes, d_raw: bytes, sink: Sink) -> bool:

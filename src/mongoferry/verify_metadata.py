@@ -3,6 +3,7 @@ indexes, and the ``_id`` ranges their documents are compared in."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -12,11 +13,11 @@ from typing import Any, Final, cast
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo.errors import ExecutionTimeout
+from pymongo.errors import ExecutionTimeout, PyMongoError
 
 from mongoferry import catalog, partition
 from mongoferry.clients import DECODED, RAW, Client, driver_errors
-from mongoferry.compare import compare_collection_specs, compare_index_specs
+from mongoferry.compare import compare_collection_specs, compare_index_specs, compare_shard_keys
 from mongoferry.config import VerifySettings
 from mongoferry.errors import UsageError
 from mongoferry.namespaces import NamespaceMap, split_ns
@@ -46,6 +47,26 @@ def all_namespaces(client: Client, nsmap: NamespaceMap) -> list[str]:
     return sorted(out)
 
 
+def source_of(nsmap: NamespaceMap, dst_ns: str) -> str | None:
+    """The selected source namespace that ``dst_ns`` is the destination of (renames undone)."""
+    inverse_coll = {v: k for k, v in nsmap.coll_renames.items()}
+    inverse_db = {v: k for k, v in nsmap.db_renames.items()}
+    db, coll = split_ns(dst_ns)
+    origin = inverse_coll.get(dst_ns) or f"{inverse_db.get(db, db)}.{coll}"
+    if nsmap.selected(origin) and nsmap.target(origin) == dst_ns:
+        return origin
+    return None
+
+
+def pair_for_new_namespace(nsmap: NamespaceMap, side: str, ns: str) -> Pair | None:
+    """The pair a namespace first seen after a check started belongs to (``side`` is where it
+    appeared: ``"src"`` or ``"dst"``), or None when the selection leaves it out."""
+    if side == "src":
+        return Pair(ns, nsmap.target(ns)) if nsmap.selected(ns) else None
+    origin = source_of(nsmap, ns)
+    return Pair(origin, ns) if origin is not None else None
+
+
 def resolve_pairs(s: VerifySettings, src: Client, dst: Client, nsmap: NamespaceMap) -> list[Pair]:
     """The namespace pairs to verify: explicit --src-namespace/--dst-namespace pairs, or every
     selected source namespace (--include/--exclude/--rename) plus the destination namespaces
@@ -72,12 +93,9 @@ def resolve_pairs(s: VerifySettings, src: Client, dst: Client, nsmap: NamespaceM
         src_names = all_namespaces(src, nsmap)
         dst_names = all_namespaces(dst, nsmap)
     mapping = {ns: nsmap.target(ns) for ns in src_names if nsmap.selected(ns)}
-    inverse_coll = {v: k for k, v in nsmap.coll_renames.items()}
-    inverse_db = {v: k for k, v in nsmap.db_renames.items()}
     for ns in dst_names:
-        db, coll = split_ns(ns)
-        origin = inverse_coll.get(ns) or f"{inverse_db.get(db, db)}.{coll}"
-        if origin not in mapping and nsmap.selected(origin) and nsmap.target(origin) == ns:
+        origin = source_of(nsmap, ns)
+        if origin is not None and origin not in mapping:
             mapping[origin] = ns
     for pattern in nsmap.include:
         if not any(ns == pattern or split_ns(ns)[0] == pattern for ns in mapping):
@@ -102,6 +120,7 @@ class NamespacePlan:
     collation: bool = False  # a default collation: the `_id` order may not be plain BSON order
     data: Pair | None = None  # where the documents are read (time-series: the bucket collections)
     count: int | None = None  # estimated source documents (counted only when needed)
+    size: int | None = None  # the source documents' bytes (measured with the count)
     kind: str = "collection"
 
 
@@ -118,6 +137,10 @@ def _coll_info(client: Client, ns: str) -> RawBSONDocument | None:
     db, coll = split_ns(ns)
     infos = list(client[db].with_options(codec_options=RAW).list_collections(filter={"name": coll}))
     return cast(RawBSONDocument, infos[0]) if infos else None
+
+
+def both_exist(engine: Engine, pair: Pair) -> bool:
+    return _coll_info(engine.src, pair.src_ns) is not None and _coll_info(engine.dst, pair.dst_ns) is not None
 
 
 def _with_view_on(info: RawBSONDocument, view_on: str) -> RawBSONDocument:
@@ -153,6 +176,11 @@ def compare_metadata(engine: Engine, pair: Pair, target: Callable[[str], str | N
                                   diff.detail))
     if src_info is None or dst_info is None:
         return NamespacePlan(findings)
+    if is_sharded(engine, "src") and is_sharded(engine, "dst"):
+        key_diff = compare_shard_keys(shard_key(engine.src, pair.src_ns), shard_key(engine.dst, pair.dst_ns))
+        if key_diff is not None:
+            findings.append(NsFinding(finding_type(key_diff.kind), pair.src_ns, pair.dst_ns, key_diff.aspect,
+                                      None, None if key_diff.kind.startswith("missing") else key_diff.detail))
     kind_name = str(src_info.get("type", "collection"))
     src_opts = src_info.get("options") or {}
     dst_opts = dst_info.get("options") or {}
@@ -174,13 +202,48 @@ def compare_metadata(engine: Engine, pair: Pair, target: Callable[[str], str | N
                    and kind_name == "collection")
     if count:
         estimate_count(engine, plan)
+        plan.size = data_size(engine.src, plan.data.src_ns) if plan.data else 0
     return plan
+
+
+def is_sharded(engine: Engine, side: str) -> bool:
+    """Is ``side`` a sharded cluster, reached through mongos (``hello`` says ``isdbgrid``)?"""
+    if side not in engine.sharded:
+        client = engine.src if side == "src" else engine.dst
+        engine.sharded[side] = client.admin.command("hello").get("msg") == "isdbgrid"
+    return engine.sharded[side]
+
+
+def shard_key(client: Client, ns: str) -> dict[str, Any] | None:
+    """A collection's shard key from ``config.collections`` (None: not sharded)."""
+    entry = client["config"].get_collection("collections", codec_options=DECODED).find_one({"_id": ns})
+    if entry is None or entry.get("dropped") or not isinstance(entry.get("key"), dict):
+        return None
+    return dict(entry["key"])
 
 
 def estimate_count(engine: Engine, plan: NamespacePlan) -> int:
     if plan.count is None:
         plan.count = int(plan.data.src_coll(engine.src).estimated_document_count()) if plan.data else 0
     return plan.count
+
+
+def data_size(client: Client, ns: str) -> int | None:
+    """The uncompressed bytes of a collection's documents: ``$collStats`` summed over shards, or the
+    ``collStats`` command where ``$collStats`` reports nothing (some compatible servers). None
+    when neither answers (only the progress estimate needs it)."""
+    db, coll = split_ns(ns)
+    handle = client[db].get_collection(coll, codec_options=DECODED)
+    total = 0
+    with contextlib.suppress(PyMongoError):
+        for shard in handle.aggregate([{"$collStats": {"storageStats": {"scale": 1}}}]):
+            total += int((shard.get("storageStats") or {}).get("size") or 0)
+    if total:
+        return total
+    try:
+        return int(client[db].command("collStats", coll).get("size") or 0)
+    except PyMongoError:
+        return None
 
 
 def plan_ranges(engine: Engine, pair: Pair, plan: NamespacePlan, workers: int, partition_docs: int

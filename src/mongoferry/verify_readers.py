@@ -161,6 +161,8 @@ class ChangeReader:
             self.last_ts = ts
         ns_doc = event.get("ns") or {}
         db, coll = ns_doc.get("db"), ns_doc.get("coll")
+        if coll is not None and f"{db}.{coll}" not in self.mapping:
+            self.verifier.adopt(self.side, f"{db}.{coll}")
         if op in CRUD:
             src_ns = self.mapping.get(f"{db}.{coll}")
             key_doc = event.get("documentKey")
@@ -176,6 +178,8 @@ class ChangeReader:
         if op == "dropDatabase" or coll is None:
             touched = [ns for ns in self.mapping if ns.partition(".")[0] == db]
         for ns in touched:
+            if ns not in self.mapping and not ns.endswith(".None"):
+                self.verifier.adopt(self.side, ns)
             src_ns = self.mapping.get(ns)
             if src_ns is not None:
                 self.pending[(src_ns, "meta")] = None

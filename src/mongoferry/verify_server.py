@@ -42,10 +42,11 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Final
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, cast
 
 from bson import Binary, ObjectId, Timestamp, json_util
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
@@ -56,15 +57,22 @@ from mongoferry.errors import EXIT_OK, UsageError
 from mongoferry.runtime import Endpoints, open_endpoints, stop_on_signals
 from mongoferry.server import HttpServer
 from mongoferry.state import Partition
-from mongoferry.verify_api import mismatch_to_json, verifier_app
+from mongoferry.verify_api import (
+    doc_mismatch_lines,
+    doc_mismatch_summary,
+    mismatch_to_json,
+    ns_mismatch_info,
+    verifier_app,
+)
 from mongoferry.verify_engine import Engine
 from mongoferry.verify_findings import DocFinding, NsFinding, Pair, Sink, diff_to_json
-from mongoferry.verify_metadata import compare_metadata, plan_ranges, resolve_pairs
+from mongoferry.verify_metadata import both_exist, compare_metadata, pair_for_new_namespace, plan_ranges, resolve_pairs
 from mongoferry.verify_readers import EVENT_KINDS, ChangeReader
 
 log = logging.getLogger("mongoferry.verify")
 
 STATE_ID: Final = "state"
+GENERATIONS_ID: Final = "generations"
 IDS_PER_TASK: Final = 1000
 GENERATION_PAUSE_S: Final = 1.0
 WORKER_SLEEP_S: Final = 0.2
@@ -246,6 +254,26 @@ class Verifier:
             coll.delete_many({})
         self.state = {}
 
+    def adopt(self, side: str, ns: str) -> None:
+        """A namespace first seen in a change stream after the check started: if the selection
+        covers it (not with explicit --src-namespace pairs), it becomes a pair. Both readers
+        track it from now on, and a metadata recheck in the next generation compares it (and
+        its documents, once both sides hold it)."""
+        if self.s.src_namespace or self.ends.nsmap.is_system(ns):
+            return
+        pair = pair_for_new_namespace(self.ends.nsmap, side, ns)
+        with self.lock:
+            if pair is None or any(p.src_ns == pair.src_ns or p.dst_ns == pair.dst_ns for p in self.pairs):
+                return
+            self.pairs.append(pair)
+            pairs = [{"src": p.src_ns, "dst": p.dst_ns} for p in self.pairs]
+            for reader in self.readers.values():
+                reader.mapping[pair.src_ns if reader.side == "src" else pair.dst_ns] = pair.src_ns
+        self.save_state(pairs=pairs)
+        log.info("new namespace joins the verification", extra={"source": pair.src_ns, "destination": pair.dst_ns})
+        with self.gen_lock:
+            self.enqueue([(self.generation + 1, pair.src_ns, pair.dst_ns, "meta", None)])
+
     def dst_of(self, src_ns: str) -> str:
         return next((p.dst_ns for p in self.pairs if p.src_ns == src_ns), src_ns)
 
@@ -253,16 +281,16 @@ class Verifier:
         """Add recheck-queue entries ``(generation, source ns, destination ns, key bytes | "meta",
         first mismatch)``; the destination is kept because data namespaces (time-series buckets)
         are not always pairs of their own."""
-        docs = []
+        ops: list[UpdateOne] = []
         for generation, ns, dst_ns, key, first in entries:
-            doc: dict[str, Any] = {"_id": {"g": generation, "ns": ns, "k": key}, "dst": dst_ns}
-            if first is not None:
-                doc["first"] = first
-            docs.append(doc)
-        for i in range(0, len(docs), 1000):
+            update: dict[str, Any] = {"$setOnInsert": {"dst": dst_ns}}
+            if first is not None:  # the earliest time a document was seen to differ survives
+                update["$min"] = {"first": first}
+            ops.append(UpdateOne({"_id": {"g": generation, "ns": ns, "k": key}}, update, upsert=True))
+        for i in range(0, len(ops), 1000):
             try:
-                self.recheck.insert_many(docs[i: i + 1000], ordered=False)
-            except BulkWriteError as exc:
+                self.recheck.bulk_write(ops[i: i + 1000], ordered=False)
+            except BulkWriteError as exc:  # two upserts of one new key raced: the entry exists
                 if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                     raise
 
@@ -374,6 +402,7 @@ class Verifier:
                 self._await_generation()
                 if self._halted():
                     return
+                self._mark_generation(self.generation, "end")
                 if self.final:
                     self.save_state(running=False, done=True, finishedAt=_now())
                     log.info("verification finished", extra=self.verdict())
@@ -414,8 +443,24 @@ class Verifier:
             self.generation += 1
             self.final = final
             self.save_state(generation=self.generation, final=final)
+        self._mark_generation(self.generation, "start")
         log.info("generation started", extra={"generation": self.generation, "final": final})
         return True
+
+    def _mark_generation(self, generation: int, which: str) -> None:
+        """Record when a generation started or ended (``recentRecheckSecs``); the first mark wins,
+        so a restart does not shorten a generation."""
+        self.states.update_one({"_id": GENERATIONS_ID}, {"$min": {f"g{generation}.{which}": _now()}}, upsert=True)
+
+    def recent_recheck_secs(self) -> list[float]:
+        """Durations of the last (up to 10) finished recheck generations."""
+        saved = self.states.find_one({"_id": GENERATIONS_ID}) or {}
+        out: list[tuple[int, float]] = []
+        for name, times in saved.items():
+            if name.startswith("g") and name[1:].isdigit() and int(name[1:]) > 0 \
+                    and isinstance(times, dict) and "start" in times and "end" in times:
+                out.append((int(name[1:]), round((times["end"] - times["start"]).total_seconds(), 3)))
+        return [secs for _, secs in sorted(out)[-10:]]
 
     def _build(self, generation: int) -> None:
         """Create a generation's tasks (gen 0: one per pair; later: from the recheck queue)."""
@@ -505,7 +550,7 @@ class Verifier:
                 plan = compare_metadata(self.engine, pair, self._target, count=True)
                 for f in plan.findings:
                     sink.namespace(f)
-                update.update(documents_count=plan.count, kind=plan.kind)
+                update.update(documents_count=plan.count, bytes_count=plan.size, kind=plan.kind)
                 # Ranges are planned once: in generation 0, or when a namespace first becomes
                 # comparable later (created on the other side meanwhile).
                 if plan.comparable and (task["generation"] == 0 or self.tasks.find_one(
@@ -517,7 +562,9 @@ class Verifier:
                     status = "mismatch" if plan.comparable else "failed"
             elif task.get("kind") == "ids":
                 keys = [bytes(k) for k in task["ids"]]
-                self.engine.compare_keys(pair, keys, self.filter, sink)
+                # A namespace on one side only is a namespace finding; its documents are not compared.
+                if both_exist(self.engine, pair):
+                    self.engine.compare_keys(pair, keys, self.filter, sink)
                 status = "failed" if sink.findings else "completed"
             else:
                 rng = Partition(id="", ns=pair.src_ns, index=0, lower=task.get("lower"), upper=task.get("upper"),
@@ -579,12 +626,13 @@ class Verifier:
         docs = total = sbytes = 0
         total_bytes = 0
         namespaces = 0
-        for t in self.tasks.find({"generation": generation}, {"type": 1, "status": 1, "src_docs": 1,
-                                                              "src_bytes": 1, "documents_count": 1}):
+        for t in self.tasks.find({"generation": generation}, {"type": 1, "status": 1, "src_docs": 1, "src_bytes": 1,
+                                                              "documents_count": 1, "bytes_count": 1}):
             if t["type"] == "verifyCollection":
                 namespaces += 1
                 if generation == 0:
                     total += int(t.get("documents_count") or 0)
+                    total_bytes += int(t.get("bytes_count") or 0)
             else:
                 if generation > 0:
                     total += int(t.get("documents_count") or 0)
@@ -619,6 +667,21 @@ class Verifier:
             by_ns[m["namespace"]] = by_ns.get(m["namespace"], 0) + 1
         return {"generation": generation, "total": total, "byType": by_type, "byNamespace": by_ns}
 
+    def change_stats(self, side: str, saved: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        reader = self.readers.get(side)
+        if reader is not None:
+            return reader.stats()
+        if saved is None:
+            saved = self.states.find_one({"_id": f"reader:{side}"}) or {}
+        counts = dict.fromkeys(EVENT_KINDS, 0)
+        counts.update({k: v for k, v in (saved.get("counts") or {}).items() if k in counts})
+        return {"eventsPerSecond": None, "lagSecs": None, "bufferSaturation": 0.0, "eventCounts": counts}
+
+    def total_rechecks_done(self) -> int:
+        return sum(int(t.get("documents_count") or 0) for t in self.tasks.find(
+            {"generation": {"$gt": 0}, "kind": "ids", "status": {"$in": ["completed", "failed"]}},
+            {"documents_count": 1}))
+
     def progress(self) -> dict[str, Any]:
         generation = self.generation
         docs_per_s, bytes_per_s = self.rate.per_second()
@@ -628,20 +691,22 @@ class Verifier:
             if self.gen0_cache is None:
                 self.gen0_cache = self.generation_stats(0)
             p["gen0Stats"] = self.gen0_cache
+        recent = self.recent_recheck_secs()
+        if recent:
+            p["recentRecheckSecs"] = recent
         p["error"] = self.error
         p["verificationStatus"] = self.status_counts(generation)
         for side in ("src", "dst"):
-            reader = self.readers.get(side)
             saved = self.states.find_one({"_id": f"reader:{side}"}) or {}
             p[f"{side}LastRecheckedTS"] = saved.get("ts")
-            p[f"{side}ChangeStats"] = reader.stats() if reader else {
-                "eventsPerSecond": None, "lagSecs": None, "bufferSaturation": 0.0,
-                "eventCounts": saved.get("counts") or dict.fromkeys(EVENT_KINDS, 0)}
+            p[f"{side}ChangeStats"] = self.change_stats(side, saved)
         p["docsComparedPerSecond"] = round(docs_per_s, 3)
         p["srcBytesComparedPerSecond"] = round(bytes_per_s / 2, 3)
-        p["totalRechecksDone"] = sum(int(t.get("documents_count") or 0) for t in self.tasks.find(
-            {"generation": {"$gt": 0}, "kind": "ids", "status": {"$in": ["completed", "failed"]}},
-            {"documents_count": 1}))
+        if generation > 0:
+            longest = next(self.doc_mismatch_lines(), None)
+            if longest is not None:
+                p["longestDocMismatch"] = longest
+        p["totalRechecksDone"] = self.total_rechecks_done()
         # mongoferry's own fields
         p["docsCompared"] = self.rate.docs
         p["mbPerSecond"] = round(bytes_per_s / 1e6, 3)
@@ -656,6 +721,48 @@ class Verifier:
         return {"generation": self.generation, "failedTasks": status["failedTasks"],
                 "metadataMismatchTasks": status["metadataMismatchTasks"],
                 "identical": status["failedTasks"] == 0 and status["metadataMismatchTasks"] == 0}
+
+    def doc_mismatch_lines(self, min_duration_s: int = 0) -> Iterator[dict[str, Any]]:
+        """``/docMismatches``: the served generation's document findings lasting at least
+        ``min_duration_s``, longest first, then by ``_id``. (In generation 0 every duration is 0,
+        so a positive minimum gives nothing, as in the reference.)"""
+        query: dict[str, Any] = {"generation": self.served_generation(), "category": "document"}
+        if min_duration_s:
+            query["durationMS"] = {"$gte": 1000 * min_duration_s}
+        for m in self.mismatches.find(query).sort([("durationMS", DESCENDING), ("key", ASCENDING)]):
+            yield from doc_mismatch_lines(m)
+
+    def ns_mismatches(self) -> Iterator[dict[str, Any]]:
+        yield from self.mismatches.find({"generation": self.served_generation(), "category": "namespace"}).sort(
+            [("namespace", ASCENDING), ("_id", ASCENDING)])
+
+    def summary(self, min_duration_s: int = 0) -> dict[str, Any]:
+        """``GET /api/v1/summary`` (the reference's object; index tolerances never apply)."""
+        phase = self.phase()
+        check_stats = self.generation_stats(0)
+        est: float | None = None
+        if phase == "check":
+            docs_per_s, bytes_per_s = self.rate.per_second()
+            total_bytes = check_stats.get("totalSrcBytes")
+            if total_bytes and bytes_per_s > 0:
+                est = max(0.0, (total_bytes - check_stats["srcBytesCompared"]) / (bytes_per_s / 2))
+            elif docs_per_s > 0:  # no size from the server: estimate from documents
+                est = max(0.0, (check_stats["totalDocs"] - check_stats["docsCompared"]) / docs_per_s)
+            if est is not None:
+                est = round(est, 1)
+        out: dict[str, Any] = {"estCheckSecsRemaining": est}
+        recent = self.recent_recheck_secs()
+        if recent:
+            out["recentRecheckSecs"] = recent
+        out["checkStats"] = check_stats
+        out["nsMismatches"] = [ns_mismatch_info(m) for m in self.ns_mismatches()]
+        out["docMismatches"] = doc_mismatch_summary(self.doc_mismatch_lines(min_duration_s))
+        out["totalRechecksDone"] = self.total_rechecks_done()
+        for side in ("src", "dst"):
+            out[f"{side}ChangeEvents"] = self.change_stats(side)["eventCounts"]
+        if min_duration_s:
+            out["notes"] = [f"Filtering document mismatches by minimum duration ({min_duration_s} seconds)"]
+        return cast(dict[str, Any], json.loads(json_util.dumps(out, json_options=json_util.RELAXED_JSON_OPTIONS)))
 
     def mismatch_items(self, generation: int | None = None) -> list[dict[str, Any]]:
         g = self.served_generation() if generation is None else generation

@@ -510,3 +510,127 @@ def test_verifier_killed_mid_check_continues_after_restart(
             assert task is not None and task["finished"] == finished
     assert "Traceback" not in v.log_text()
     assert v.terminate() == 0
+
+
+def ndjson(v: VerifierProcess, path: str) -> list[dict[str, Any]]:
+    r = v.http.get(v.base + path)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def test_summary_durations_index_tolerance_and_late_namespaces(
+        servers: tuple[EmbeddedServer, EmbeddedServer], tmp_path: Path, verifiers: list[VerifierProcess]) -> None:
+    src, dst = servers
+    for server in servers:
+        with server.client() as c:
+            c.app.users.insert_many([{"_id": i, "n": i, "pad": "p" * 50} for i in range(500)])
+    with src.client() as c:
+        c.app.users.create_index("n", name="n_1")
+    with dst.client() as c:
+        c.app.users.create_index("n", name="n_1", unique=True)         # tolerable with indexSpecIgnore=unique
+        c.app.users.update_one({"_id": 5}, {"$set": {"n": "stale"}})   # a difference that lasts
+    v = VerifierProcess(tmp_path, src, dst)
+    verifiers.append(v)
+    v.start()
+    assert v.http.get(v.base + "/summary").json()["estCheckSecsRemaining"] is None  # idle
+    assert v.post("/check").json() == {"success": True}
+    v.wait_gen0_done()
+
+    # Namespaces created after the check started join it.
+    with src.client() as c:
+        c.app.late.insert_many([{"_id": i, "v": i} for i in range(50)])
+        c.app.onlysrc.insert_one({"_id": 1})
+    with dst.client() as c:
+        c.app.late.insert_many([{"_id": i, "v": -i if i == 3 else i} for i in range(50)])
+    wait_for(lambda: "new namespace joins the verification" in v.log_text(), timeout=30)
+
+    def long_lasting() -> bool:
+        lines = ndjson(v, "/docMismatches")
+        return any(m["_id"] == 5 and m["durationSecs"] >= 2 for m in lines)
+
+    wait_for(long_lasting, timeout=90, interval=0.5)
+    wait_for(lambda: any(m["namespace"] == "app.late" for m in ndjson(v, "/docMismatches")), timeout=60)
+
+    lines = ndjson(v, "/docMismatches")
+    durations = [m["durationSecs"] for m in lines]
+    assert durations == sorted(durations, reverse=True)  # longest first
+    assert lines[0] == {"type": "content", "namespace": "app.users", "_id": 5, "field": "n",
+                        "detail": lines[0]["detail"], "durationSecs": lines[0]["durationSecs"]}
+    assert "type mismatch" in lines[0]["detail"]
+    late = [m for m in lines if m["namespace"] == "app.late"]
+    assert [(m["type"], m["_id"], m["field"]) for m in late] == [("content", 3, "v")]
+    minimum = int(lines[0]["durationSecs"])
+    filtered = ndjson(v, f"/docMismatches?minDurationSecs={minimum}")
+    assert filtered and all(m["durationSecs"] >= minimum for m in filtered)
+    assert ndjson(v, "/docMismatches?minDurationSecs=100000") == []
+    bad = v.http.get(v.base + "/docMismatches?minDurationSecs=-1")
+    assert bad.status_code == 400 and bad.json()["error"].startswith("invalid `minDurationSecs`")
+
+    ns_rows = ndjson(v, "/nsMismatches")
+    index_row = {"type": "content", "namespace": "app.users", "aspect": "index", "component": "n_1",
+                 "detail": '{"op":"add","path":"/unique","value":true}'}
+    assert index_row in ns_rows
+    assert {"type": "missingOnDst", "namespace": "app.onlysrc", "aspect": "exist"} in ns_rows
+    tolerant = ndjson(v, "/nsMismatches?indexSpecIgnore=unique")
+    assert index_row not in tolerant and len(tolerant) == len(ns_rows) - 1
+    assert ndjson(v, "/nsMismatches?indexSpecIgnore=expireAfterSeconds") == ns_rows
+    bad = v.http.get(v.base + "/nsMismatches?indexSpecIgnore=unique,bogus")
+    assert bad.status_code == 400 and bad.json() == {
+        "error": "invalid `indexSpecIgnore`: [`bogus`] (allowed: expireAfterSeconds, unique)"}
+
+    progress = v.progress()
+    assert progress["generation"] >= 2 and progress["recentRecheckSecs"]
+    assert progress["longestDocMismatch"]["_id"] == 5
+    summary = v.http.get(v.base + f"/summary?minDurationSecs={minimum}").json()
+    assert summary["estCheckSecsRemaining"] is None  # rechecking, not checking
+    assert summary["checkStats"]["totalDocs"] == 500 and summary["checkStats"]["docsCompared"] == 500
+    assert summary["checkStats"]["totalSrcBytes"] > 500 * 50  # the server's data size
+    assert summary["checkStats"]["totalNamespaces"] == 1
+    assert summary["nsMismatches"] == ns_rows  # tolerances never apply here
+    assert summary["docMismatches"]["total"] == len(filtered)
+    assert summary["docMismatches"]["byNamespace"]["app.users"] >= 1
+    assert summary["notes"] == [f"Filtering document mismatches by minimum duration ({minimum} seconds)"]
+    assert summary["srcChangeEvents"]["insert"] == 51 and summary["dstChangeEvents"]["insert"] == 50
+    assert summary["totalRechecksDone"] > 0 and all(s >= 0 for s in summary["recentRecheckSecs"])
+    assert v.http.get(v.base + "/summary?minDurationSecs=x").status_code == 400
+
+    final = v.finish()
+    assert final["generationStats"]["totalNamespaces"] == 3
+    found = {(m["type"], m["namespace"], m.get("aspect"), json.dumps(m.get("_id"))) for m in v.mismatches()}
+    assert found == {("content", "app.users", None, "5"), ("content", "app.late", None, "3"),
+                     ("content", "app.users", "index", "null"), ("missingOnDst", "app.onlysrc", "exist", "null")}
+    assert v.terminate() == 0
+
+
+def test_shard_keys_are_compared_when_both_clusters_are_sharded(
+        servers: tuple[EmbeddedServer, EmbeddedServer]) -> None:
+    """SecantusDB is no mongos, so the sharded-cluster probe is preset; the shard keys are read
+    from `config.collections` documents in MongoDB's format."""
+    from mongoferry.verify_engine import Engine
+    from mongoferry.verify_findings import Pair
+    from mongoferry.verify_metadata import compare_metadata, is_sharded
+
+    src, dst = servers
+    keys = {"app.same": ({"userId": 1}, {"userId": 1.0}), "app.changed": ({"userId": 1}, {"userId": "hashed"}),
+            "app.srconly": ({"userId": 1}, None), "app.plain": (None, None)}
+    for server, side in ((src, 0), (dst, 1)):
+        with server.client() as c:
+            for ns, pair in keys.items():
+                c.app[ns.split(".")[1]].insert_one({"_id": 1})
+                if pair[side] is not None:
+                    c.config.collections.insert_one({"_id": ns, "lastmodEpoch": ObjectId(), "key": pair[side],
+                                                     "unique": False, "uuid": Binary(b"\x01" * 16, 4)})
+    with MongoClient(src.uri) as s, MongoClient(dst.uri) as d:
+        engine = Engine(s, d, "ignore-order")
+        assert not is_sharded(engine, "src")  # a replica set: shard keys are not compared
+        assert compare_metadata(engine, Pair("app.changed", "app.changed"), lambda ns: ns).findings == []
+        engine.sharded.update(src=True, dst=True)
+        found = {ns: [(f.type, f.aspect, f.detail)
+                      for f in compare_metadata(engine, Pair(ns, ns), lambda n: n).findings] for ns in keys}
+    assert found == {
+        "app.same": [], "app.plain": [],
+        "app.changed": [("content", "shard key",
+                         'Mismatch: src: {"userId": {"$numberInt": "1"}}, dst: {"userId": "hashed"}')],
+        "app.srconly": [("missingOnDst", "shard key", None)],
+    }
