@@ -38,6 +38,7 @@ import click
 
 from mongoferry.cli_support import F, common_options, connection_options, env_help, run_guarded, settings_from
 from mongoferry.clients import Client, driver_errors
+from mongoferry.compare import index_patch_suppressed
 from mongoferry.config import VerifySettings
 from mongoferry.errors import EXIT_INCONSISTENT, EXIT_OK, UsageError
 from mongoferry.namespaces import NamespaceMap
@@ -81,9 +82,11 @@ class NsStats:
 class ReportSink(Sink):
     """Counts everything; keeps only the first N findings (by namespace, then ``_id`` order)."""
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, tolerances: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.keep = keep
+        self.tolerances = tolerances
+        self.tolerated = 0
         self.heap: list[_Largest] = []
         self.seq = 0
         self.by_type: dict[str, int] = {}
@@ -112,6 +115,11 @@ class ReportSink(Sink):
         self._add((finding.ns, 1, id_sort_key(finding.key)), finding)
 
     def namespace(self, finding: NsFinding) -> None:
+        if (self.tolerances and finding.aspect == "index" and finding.type == "content"
+                and index_patch_suppressed(finding.detail or "", self.tolerances)):
+            with self.lock:
+                self.tolerated += 1
+            return
         with self.lock:
             self.ns_total += 1
         self._add((finding.ns, 0, (finding.aspect, finding.component or "")), finding)
@@ -199,7 +207,7 @@ class OneShot:
         self.s = s
         self.nsmap = nsmap
         self.engine = Engine(src, dst, s.compare, stop)
-        self.sink = ReportSink(s.failure_display_size)
+        self.sink = ReportSink(s.failure_display_size, frozenset(s.index_spec_ignore))
         self.pairs: list[Pair] = []
         self.work = WorkQueue(s.workers, stop)
         self.started = time.monotonic()
@@ -247,6 +255,7 @@ def build_report(s: VerifySettings, sink: ReportSink, seconds: float) -> dict[st
     return {
         "verdict": "identical" if sink.total == 0 else "different",
         "compare": s.compare,
+        "indexSpecIgnore": list(s.index_spec_ignore),
         "seconds": round(seconds, 3),
         "docsCompared": sink.src_docs,
         "dstDocs": sink.dst_docs,
@@ -259,7 +268,8 @@ def build_report(s: VerifySettings, sink: ReportSink, seconds: float) -> dict[st
                        for st in sorted(sink.stats.values(), key=lambda st: st.pair.src_ns)],
         "findings": {"total": sink.total, "namespaceFindings": sink.ns_total, "documentFindings": sink.doc_total,
                      "byType": dict(sorted(sink.by_type.items())), "shown": len(shown),
-                     "notShown": sink.total - len(shown), "items": [f.to_json() for f in shown]},
+                     "notShown": sink.total - len(shown), "items": [f.to_json() for f in shown],
+                     "toleratedIndexDifferences": sink.tolerated},
     }
 
 
@@ -269,6 +279,9 @@ def format_report(report: dict[str, Any], sink: ReportSink, display_size: int) -
     head = (f"{len(report['namespaces'])} namespace(s), {report['docsCompared']:,} source and "
             f"{report['dstDocs']:,} destination document(s) compared in {report['seconds']:.1f}s "
             f"({report['docsPerSecond']:,.0f} docs/s, --compare {report['compare']})")
+    if f["toleratedIndexDifferences"]:
+        head += (f"; {f['toleratedIndexDifferences']} index difference(s) tolerated by --index-spec-ignore "
+                 f"{','.join(report['indexSpecIgnore'])}")
     if f["total"] == 0:
         lines.append(f"verify: IDENTICAL — {head}")
         return "\n".join(lines)
@@ -340,6 +353,9 @@ def _verify_options(fn: F) -> F:
                                    "POST /api/v1/check.", "start")),
         click.option("--clean", is_flag=True, default=None,
                      help=env_help("Server mode: forget a saved verification instead of resuming it.", "clean")),
+        click.option("--index-spec-ignore", multiple=True,
+                     help=env_help("With --check-only: tolerate index differences only in expireAfterSeconds "
+                                   "and/or unique (repeatable or comma list).", "index_spec_ignore")),
         click.option("--json", "as_json", is_flag=True, help="With --check-only: print the report as one JSON "
                                                              "document on stdout."),
     ]
@@ -369,6 +385,9 @@ def verify_command(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
             return run_check_only(settings, as_json)
         if as_json:
             raise UsageError("--json needs --check-only", "the server mode answers in JSON on its HTTP API")
+        if settings.index_spec_ignore:
+            raise UsageError("--index-spec-ignore needs --check-only",
+                             "in server mode ask GET /api/v1/nsMismatches?indexSpecIgnore=... instead")
         from mongoferry.verify_server import run_server
 
         code: int = run_server(settings)

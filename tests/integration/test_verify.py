@@ -228,6 +228,28 @@ def test_selection_renames_and_explicit_namespace_pairs(servers: tuple[EmbeddedS
     assert r.code == 2 and "cannot be combined" in r.err
 
 
+def test_index_spec_ignore_tolerates_only_the_named_options(servers: tuple[EmbeddedServer, EmbeddedServer]) -> None:
+    src, dst = servers
+    for server, unique, ttl in ((src, False, 60), (dst, True, 3600)):
+        with server.client() as c:
+            c.app.events.insert_many([{"_id": i, "x": i, "at": dt.datetime(2030, 1, 1)} for i in range(10)])
+            c.app.events.create_index("x", name="x_1", unique=unique)
+            c.app.events.create_index("at", name="at_1", expireAfterSeconds=ttl)
+    code, report = check_json(src, dst)
+    assert code == 4 and {f[3] for f in finding_ids(report)} == {"x_1", "at_1"}
+    code, report = check_json(src, dst, "--index-spec-ignore", "unique")
+    assert code == 4 and {f[3] for f in finding_ids(report)} == {"at_1"}
+    assert report["findings"]["toleratedIndexDifferences"] == 1
+    r = check(src, dst, "--index-spec-ignore", "unique,expireAfterSeconds")
+    assert r.code == 0, r.text
+    assert r.out.startswith("verify: IDENTICAL") and "2 index difference(s) tolerated by --index-spec-ignore" in r.out
+    r = check(src, dst, "--index-spec-ignore", "sparse")
+    assert r.code == 2 and "index_spec_ignore" in r.err
+    r = run_verify("--src", src.uri, "--dst", dst.uri, "--index-spec-ignore", "unique")
+    assert r.code == 2 and r.err.strip() == ("error: --index-spec-ignore needs --check-only — in server mode ask "
+                                             "GET /api/v1/nsMismatches?indexSpecIgnore=... instead")
+
+
 def test_bad_input_exit_codes(servers: tuple[EmbeddedServer, EmbeddedServer]) -> None:
     src, _ = servers
     r = run_verify("--src", "mongodb://host:notaport", "--dst", src.uri, "--check-only")
