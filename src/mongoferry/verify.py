@@ -376,7 +376,8 @@ def verify_command(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
     With --check-only: one full pass, exit 0 when identical, 4 with a report.
     Otherwise: a migration-verifier compatible HTTP API on 127.0.0.1:--port
     (POST /api/v1/check, POST /api/v1/writesOff, GET /api/v1/progress,
-    GET /api/v1/mismatches) that tracks changes on both sides and rechecks them
+    /api/v1/summary, /api/v1/docMismatches, /api/v1/nsMismatches and
+    /api/v1/mismatches) that tracks changes on both sides and rechecks them
     until writes are off; it resumes after a restart.
     """
     def job() -> int:
