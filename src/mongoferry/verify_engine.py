@@ -40,7 +40,7 @@ from mongoferry.compare import CompareMode, compare_raw_documents
 from mongoferry.errors import MongoferryError
 from mongoferry.namespaces import split_ns
 from mongoferry.state import Partition
-from mongoferry.verify_findings import DocFinding, Pair, Sink
+from mongoferry.verify_findings import DocFinding, FindingType, Pair, Sink
 from mongoferry.verify_keys import fast_id_key, id_sort_key, raw_id_in_filter, split_batch
 
 log = logging.getLogger("mongoferry.verify")
@@ -314,24 +314,19 @@ class _Merge:
         engine, pair, sink = self.engine, self.pair, self.sink
         for key in [k for k in self.src_only if k in self.dst_only]:
             engine.compare_pair(pair, key, self.src_only.pop(key), self.dst_only.pop(key), sink)
-        found_dst = engine.fetch(engine.dst, pair.dst_ns, list(self.src_only), self.filt) \
-            if self.confirm and self.src_only else {}
-        for key, raw in self.src_only.items():
-            other = found_dst.get(key)
-            if other is None:
-                sink.doc(DocFinding("missingOnDst", pair.src_ns, pair.dst_ns, key))
-            else:
-                self.skip_dst.add(key)
-                engine.compare_pair(pair, key, raw, other, sink)
-        found_src = engine.fetch(engine.src, pair.src_ns, list(self.dst_only), self.filt) \
-            if self.confirm and self.dst_only else {}
-        for key, raw in self.dst_only.items():
-            other = found_src.get(key)
-            if other is None:
-                sink.doc(DocFinding("extraOnDst", pair.src_ns, pair.dst_ns, key))
-            else:
-                self.skip_src.add(key)
-                engine.compare_pair(pair, key, other, raw, sink)
+        sides: tuple[tuple[dict[bytes, bytes], Client, str, set[bytes], FindingType, bool], ...] = (
+            (self.src_only, engine.dst, pair.dst_ns, self.skip_dst, "missingOnDst", True),
+            (self.dst_only, engine.src, pair.src_ns, self.skip_src, "extraOnDst", False))
+        for only, other_side, other_ns, skip, absent, from_src in sides:
+            found = engine.fetch(other_side, other_ns, list(only), self.filt) if self.confirm and only else {}
+            for key, raw in only.items():
+                other = found.get(key)
+                if other is None:
+                    sink.doc(DocFinding(absent, pair.src_ns, pair.dst_ns, key))
+                    continue
+                skip.add(key)  # found by lookup: the other stream must not pair it again
+                s_raw, d_raw = (raw, other) if from_src else (other, raw)
+                engine.compare_pair(pair, key, s_raw, d_raw, sink)
         self.src_only.clear()
         self.dst_only.clear()
         self.suspect_bytes = 0
