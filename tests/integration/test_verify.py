@@ -113,11 +113,11 @@ def test_identical_deployments_exit_0_in_both_compare_modes(
     code, report = check_json(src, dst, "--compare", "binary", "--workers", "2")
     assert code == 0
     assert report["verdict"] == "identical"
-    assert set(report) == {"verdict", "compare", "seconds", "docsCompared", "dstDocs", "srcBytes", "dstBytes",
-                           "docsPerSecond", "mbPerSecond", "namespaces", "findings"}
+    assert set(report) == {"verdict", "compare", "indexSpecIgnore", "seconds", "docsCompared", "dstDocs", "srcBytes",
+                           "dstBytes", "docsPerSecond", "mbPerSecond", "namespaces", "findings"}
     assert report["compare"] == "binary" and report["srcBytes"] == report["dstBytes"] > 0
     assert report["findings"] == {"total": 0, "namespaceFindings": 0, "documentFindings": 0, "byType": {},
-                                  "shown": 0, "notShown": 0, "items": []}
+                                  "shown": 0, "notShown": 0, "items": [], "toleratedIndexDifferences": 0}
     assert set(report["namespaces"][0]) == {"source", "destination", "kind", "srcDocs", "dstDocs", "findings"}
     assert report["docsCompared"] == report["dstDocs"] == 3000 + len(MIXED_IDS) + 1 + 20 + 200
     kinds = {ns["source"]: ns["kind"] for ns in report["namespaces"]}
