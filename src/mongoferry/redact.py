@@ -15,7 +15,13 @@ from urllib.parse import quote, unquote
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s/]*)@")
+# The password runs to the *last* `@` of the URI: a password with an unescaped `/` or `@` makes the
+# URI invalid, and the error that says so must not show it either (over-redacting is fine).
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s\"']*):(?P<pw>[^\s\"']*)@")
+# Options that carry secrets of their own (AWS session tokens, TLS key passwords).
+_SECRET_OPTIONS = re.compile(
+    r"(?i)(?P<name>authMechanismProperties|tlsCertificateKeyFilePassword|sslPEMKeyPassword"
+    r"|sslClientCertificateKeyPassword)=(?P<value>[^&\s\"']*)")
 
 
 def register_secret(secret: str) -> None:
@@ -30,11 +36,20 @@ def register_uri(uri: str) -> None:
     m = _USERINFO.search(uri)
     if m and m.group("pw"):
         register_secret(m.group("pw"))
+    for option in _SECRET_OPTIONS.finditer(uri):
+        value = option.group("value")
+        if value:
+            register_secret(value)
+            for prop in unquote(value).split(","):  # KEY:VALUE pairs; only the AWS token is secret
+                key, _, secret = prop.partition(":")
+                if key.strip().upper() == "AWS_SESSION_TOKEN" and secret:
+                    register_secret(secret)
 
 
 def redact_uri(uri: str) -> str:
     """Return `uri` with its password replaced by ***."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:***@", uri)
+    uri = _USERINFO.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:***@", uri)
+    return _SECRET_OPTIONS.sub(lambda m: f"{m.group('name')}=***", uri)
 
 
 def redact(text: str) -> str:

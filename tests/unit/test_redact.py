@@ -65,6 +65,29 @@ def test_redact_uri_leaves_uri_without_password_alone(uri: str) -> None:
     assert redact_uri(uri) == uri
 
 
+@pytest.mark.parametrize(
+    ("uri", "secret"),
+    [
+        ("mongodb://u:s3cret/PW@127.0.0.1:28101/", "s3cret/PW"),       # unescaped `/`: an invalid URI
+        ("mongodb://u:s3cret@PW@127.0.0.1:28101/", "s3cret@PW"),       # unescaped `@`
+        ("mongodb://u@h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:s3cretTok",
+         "s3cretTok"),
+        ("mongodb://u:pw@h/?tls=true&tlsCertificateKeyFilePassword=s3cretKP&x=1", "s3cretKP"),
+    ],
+)
+def test_redact_uri_hides_malformed_passwords_and_secret_options(uri: str, secret: str) -> None:
+    out = redact_uri(uri)
+    assert secret not in out and "PW" not in out and "***" in out
+    register_uri(uri)
+    assert secret not in redact(f"error: {uri[uri.index('://') + 3:]} is not valid ({secret})")
+
+
+def test_only_the_aws_token_of_mechanism_properties_is_a_secret() -> None:
+    register_uri("mongodb://h/?authMechanism=GSSAPI&authMechanismProperties=SERVICE_NAME:mongodb,"
+                 "CANONICALIZE_HOST_NAME:true")
+    assert redact("mongodb is true") == "mongodb is true"
+
+
 def test_redact_uri_handles_several_uris_in_one_text() -> None:
     text = "copy mongodb://a:pw1@src/ to mongodb+srv://b:pw2@dst.example.net/ and redis://:pw3@r:6379"
     out = redact_uri(text)
