@@ -121,7 +121,7 @@ class VerifySettings(ConnectionSettings):
     dst_namespace: StrList = Field(default_factory=list)
     start: bool = Field(False, description="server mode: start checking at once, without POST /api/v1/check")
     clean: bool = Field(False, description="server mode: forget the saved verification state first")
-    index_spec_ignore: list[Literal["expireAfterSeconds", "unique"]] = Field(
+    index_spec_ignore: Annotated[list[Literal["expireAfterSeconds", "unique"]], NoDecode] = Field(
         default_factory=list, description="--check-only: index differences only in these options are tolerated")
 
     _split_ns = field_validator("src_namespace", "dst_namespace", "index_spec_ignore", mode="before")(split_list)

@@ -70,12 +70,20 @@ def parse_bind(text: str, flag: str = "--http") -> tuple[str, int] | None:
 
 
 class HttpServer:
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, hint: str = "choose another address with --http HOST:PORT, "
+                 "or --http off") -> None:
+        self.hint = hint
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 
     def start(self) -> HttpServer:
+        self.probe()
+        self.thread.start()
+        return self
+
+    def probe(self) -> None:
+        """Fail with a UsageError now if the address cannot be listened on."""
         import socket
 
         host, port = self.server.config.host, self.server.config.port
@@ -84,11 +92,9 @@ class HttpServer:
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                                 "choose another address with --http HOST:PORT, or --http off") from None
-        self.thread.start()
-        return self
+                raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}", self.hint) from None
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=5)
+        if self.thread.ident is not None:  # never started when the address was taken
+            self.thread.join(timeout=5)

@@ -383,6 +383,9 @@ def verify_command(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
     def job() -> int:
         settings = settings_from(ctx, VerifySettings, values)
         if settings.check_only:
+            if settings.start or settings.clean:
+                raise UsageError("--start and --clean are server-mode options; --check-only keeps no state",
+                                 "drop them, or drop --check-only to run the server")
             return run_check_only(settings, as_json)
         if as_json:
             raise UsageError("--json needs --check-only", "the server mode answers in JSON on its HTTP API")

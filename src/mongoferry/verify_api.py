@@ -22,6 +22,7 @@ from starlette.routing import Route
 from mongoferry import __version__
 from mongoferry.compare import INDEX_SPEC_TOLERANCES, index_patch_suppressed
 from mongoferry.errors import UsageError
+from mongoferry.verify_findings import id_type
 from mongoferry.verify_keys import id_value, to_json_value
 from mongoferry.verify_metadata import resolve_pairs
 
@@ -36,6 +37,7 @@ def mismatch_to_json(m: Mapping[str, Any]) -> dict[str, Any]:
                            "dstNamespace": m.get("dstNamespace"), "generation": m["generation"]}
     if m["category"] == "document":
         out["_id"] = to_json_value(id_value(bytes(m["key"])))
+        out["idType"] = id_type(bytes(m["key"]))
         diffs = json.loads(m.get("diffs") or "[]")
         if diffs:
             out["diffs"] = diffs
@@ -142,7 +144,7 @@ async def _json_body(request: Request) -> tuple[dict[str, Any] | None, str | Non
         return {}, None
     try:
         parsed = json_util.loads(body.decode("utf-8"), json_options=json_util.RELAXED_JSON_OPTIONS)
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # bad JSON, or bad extended JSON ({"$oid": "zz"}): the client's mistake
         return None, f"invalid JSON body: {exc}"
     if not isinstance(parsed, dict):
         return None, "the body must be a JSON object"

@@ -11,7 +11,7 @@ from bson import json_util
 from bson.codec_options import CodecOptions
 
 from mongoferry.clients import RAW, Client
-from mongoferry.compare import FieldDiff, mismatch_detail
+from mongoferry.compare import BSON_TYPE_NAMES, FieldDiff, mismatch_detail
 from mongoferry.namespaces import split_ns
 from mongoferry.verify_keys import id_value, to_json_value
 
@@ -45,7 +45,8 @@ class DocFinding:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"category": "document", "type": self.type, "namespace": self.ns,
-                               "dstNamespace": self.dst_ns, "_id": to_json_value(id_value(self.key))}
+                               "dstNamespace": self.dst_ns, "_id": to_json_value(id_value(self.key)),
+                               "idType": id_type(self.key)}
         if self.type == "content":
             out["diffs"] = [diff_to_json(d) for d in self.diffs]
         return out
@@ -76,6 +77,14 @@ Finding = DocFinding | NsFinding
 
 _KIND_NAMES: Final = {"missing_on_dst": "missingOnDst", "missing_on_src": "missingOnSrc", "value": "value",
                       "type": "type", "order": "order"}
+
+
+_NUMBER_TYPES: Final = frozenset({b"\x01", b"\x10", b"\x12", b"\x13"})
+
+
+def id_type(key: bytes) -> str:
+    """The BSON type name of a pairing key's ``_id`` (relaxed JSON shows int32 and int64 alike)."""
+    return BSON_TYPE_NAMES.get(key[0], f"type 0x{key[0]:02x}") if key else "missing"
 
 
 def diff_to_json(d: FieldDiff) -> dict[str, Any]:
@@ -120,6 +129,8 @@ def describe_finding(f: Finding) -> list[str]:
         lines += [f"    {line}" for line in (f.detail or "").splitlines()]
         return lines
     ident = _short(id_value(f.key), 80)
+    if f.key[:1] in _NUMBER_TYPES:  # 1 and NumberLong(1) are different documents: say which
+        ident += f" ({id_type(f.key)})"
     if f.type == "missingOnDst":
         return [f"{f.ns}: document _id {ident} missing on destination"]
     if f.type == "extraOnDst":

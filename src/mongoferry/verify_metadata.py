@@ -67,28 +67,44 @@ def pair_for_new_namespace(nsmap: NamespaceMap, side: str, ns: str) -> Pair | No
     return Pair(origin, ns) if origin is not None else None
 
 
+def explicit_pairs(s: VerifySettings, nsmap: NamespaceMap) -> list[Pair]:
+    """The --src-namespace/--dst-namespace pairs, checked without asking a server (empty: the
+    selection is --include/--exclude/--rename)."""
+    if not (s.src_namespace or s.dst_namespace):
+        return []
+    if s.include or s.exclude or s.rename:
+        raise UsageError("--src-namespace/--dst-namespace cannot be combined with --include, --exclude "
+                         "or --rename", "use one way of choosing namespaces")
+    if not s.src_namespace:
+        raise UsageError("--dst-namespace needs --src-namespace", "give the source namespaces, in the same order")
+    dsts = s.dst_namespace or s.src_namespace
+    if len(dsts) != len(s.src_namespace):
+        raise UsageError(f"{len(s.src_namespace)} --src-namespace but {len(dsts)} --dst-namespace values",
+                         "give one destination per source, in the same order (or none: same names)")
+    for flag, values in (("--src-namespace", s.src_namespace), ("--dst-namespace", dsts)):
+        for value in values:
+            _check_namespace(value, flag)
+            if nsmap.is_system(value):
+                raise UsageError(f"{flag} {value!r} is a system namespace", "verify user collections only")
+        if len(set(values)) != len(values):
+            raise UsageError(f"{flag} names a namespace twice", "give each namespace once")
+    return [Pair(a, b) for a, b in zip(s.src_namespace, dsts, strict=True)]
+
+
 def resolve_pairs(s: VerifySettings, src: Client, dst: Client, nsmap: NamespaceMap) -> list[Pair]:
-    """The namespace pairs to verify: explicit --src-namespace/--dst-namespace pairs, or every
-    selected source namespace (--include/--exclude/--rename) plus the destination namespaces
-    that a selected source namespace would have become but which the source does not hold."""
-    if s.src_namespace or s.dst_namespace:
-        if s.include or s.exclude or s.rename:
-            raise UsageError("--src-namespace/--dst-namespace cannot be combined with --include, --exclude "
-                             "or --rename", "use one way of choosing namespaces")
-        if not s.src_namespace:
-            raise UsageError("--dst-namespace needs --src-namespace", "give the source namespaces, in the same order")
-        dsts = s.dst_namespace or s.src_namespace
-        if len(dsts) != len(s.src_namespace):
-            raise UsageError(f"{len(s.src_namespace)} --src-namespace but {len(dsts)} --dst-namespace values",
-                             "give one destination per source, in the same order (or none: same names)")
-        for value in s.src_namespace:
-            _check_namespace(value, "--src-namespace")
-        for value in dsts:
-            _check_namespace(value, "--dst-namespace")
-        for name, values in (("--src-namespace", s.src_namespace), ("--dst-namespace", dsts)):
-            if len(set(values)) != len(values):
-                raise UsageError(f"{name} names a namespace twice", "give each namespace once")
-        return [Pair(a, b) for a, b in zip(s.src_namespace, dsts, strict=True)]
+    """The namespace pairs to verify: explicit --src-namespace/--dst-namespace pairs (each held by
+    at least one side), or every selected source namespace (--include/--exclude/--rename) plus the
+    destination namespaces that a selected source namespace would have become but which the
+    source does not hold."""
+    pairs = explicit_pairs(s, nsmap)
+    if pairs:
+        with driver_errors("listing namespaces"):
+            for pair in pairs:
+                if _coll_info(src, pair.src_ns) is None and _coll_info(dst, pair.dst_ns) is None:
+                    where = pair.src_ns if pair.src_ns == pair.dst_ns else f"{pair.src_ns} -> {pair.dst_ns}"
+                    raise UsageError(f"--src-namespace {where}: neither the source nor the destination holds it",
+                                     "check the spelling (DATABASE.COLLECTION)")
+        return pairs
     with driver_errors("listing namespaces"):
         src_names = all_namespaces(src, nsmap)
         dst_names = all_namespaces(dst, nsmap)
@@ -99,8 +115,8 @@ def resolve_pairs(s: VerifySettings, src: Client, dst: Client, nsmap: NamespaceM
             mapping[origin] = ns
     for pattern in nsmap.include:
         if not any(ns == pattern or split_ns(ns)[0] == pattern for ns in mapping):
-            raise UsageError(f"--include {pattern!r} matches no namespace on the source or the destination",
-                             "check the spelling")
+            raise UsageError(f"--include {pattern!r} matches no namespace on the source or the destination"
+                             + (" (after --exclude)" if nsmap.exclude else ""), "check the spelling")
     owners: dict[str, str] = {}
     for a, b in sorted(mapping.items()):
         if b in owners:

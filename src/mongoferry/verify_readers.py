@@ -52,6 +52,7 @@ class ChangeReader:
         self.stopping = threading.Event()
         self.drained = threading.Event()
         self.last_ts: Timestamp | None = None
+        self.lag_s: float | None = None  # behind the server at the last read (None: not read yet)
         self.last_event_at = time.monotonic()
         self.window: collections.deque[tuple[float, int]] = collections.deque(maxlen=600)
         self.pending: dict[tuple[str, Any], None] = {}
@@ -134,15 +135,17 @@ class ChangeReader:
             target = self.verifier.writes_off_target(self.side)
             poll_started = time.time()
             event = self.stream.try_next()
-            if event is not None:
+            if event is None:
+                self.lag_s = 0.0  # an empty read: caught up with the server
+                if target is not None and poll_started >= target[1]:
+                    empty_after_off += 1
+                    if empty_after_off >= 2:  # nothing more was written before the writes-off moment
+                        self._flush()
+                        self.drained.set()
+                        return
+            else:
                 self._handle(event)
                 if target is not None and self.last_ts is not None and self.last_ts >= target[0]:
-                    self._flush()
-                    self.drained.set()
-                    return
-            elif target is not None and poll_started >= target[1]:
-                empty_after_off += 1
-                if empty_after_off >= 2:  # nothing more was written before the writes-off moment
                     self._flush()
                     self.drained.set()
                     return
@@ -153,12 +156,10 @@ class ChangeReader:
 
     def _handle(self, event: Mapping[str, Any]) -> None:
         op = str(event.get("operationType"))
-        self.counts[op if op in self.counts else "other"] += 1
-        self.window.append((time.monotonic(), 1))
-        self.last_event_at = time.monotonic()
         ts = event.get("clusterTime")
         if isinstance(ts, Timestamp):
             self.last_ts = ts
+            self.lag_s = max(0.0, time.time() - ts.time)  # seconds-resolution cluster time
         ns_doc = event.get("ns") or {}
         db, coll = ns_doc.get("db"), ns_doc.get("coll")
         if coll is not None and f"{db}.{coll}" not in self.mapping:
@@ -167,7 +168,8 @@ class ChangeReader:
             src_ns = self.mapping.get(f"{db}.{coll}")
             key_doc = event.get("documentKey")
             if src_ns is None or key_doc is None:
-                return
+                return  # outside the selection: neither queued nor counted
+            self._count(op)
             self.pending[(src_ns, Binary(id_key_from_raw_document(cast(RawBSONDocument, key_doc).raw)))] = None
             return
         # DDL: recheck the metadata of every pair it may touch.
@@ -177,12 +179,21 @@ class ChangeReader:
             touched.append(f"{to.get('db')}.{to.get('coll')}")
         if op == "dropDatabase" or coll is None:
             touched = [ns for ns in self.mapping if ns.partition(".")[0] == db]
+        counted = False
         for ns in touched:
             if ns not in self.mapping and not ns.endswith(".None"):
                 self.verifier.adopt(self.side, ns)
             src_ns = self.mapping.get(ns)
             if src_ns is not None:
                 self.pending[(src_ns, "meta")] = None
+                if not counted:
+                    self._count(op)
+                    counted = True
+
+    def _count(self, op: str) -> None:
+        self.counts[op if op in self.counts else "other"] += 1
+        self.window.append((time.monotonic(), 1))
+        self.last_event_at = time.monotonic()
 
     def _flush(self) -> None:
         """Queue the pending rechecks for the next generation, then save the position."""
@@ -191,7 +202,8 @@ class ChangeReader:
         with self.verifier.gen_lock:
             generation = self.verifier.generation + 1
             if pending:
-                self.verifier.enqueue([(generation, ns, self.verifier.dst_of(ns), k, None) for ns, k in pending])
+                self.verifier.enqueue([(generation, ns, self.verifier.dst_of(ns), k, None) for ns, k in pending],
+                                      changed=_now())
         self.verifier.states.update_one({"_id": self.doc_id}, {"$set": {
             "token": dict(token) if token is not None else None, "ts": self.last_ts, "counts": self.counts,
             "saved": _now()}}, upsert=True)
@@ -200,4 +212,6 @@ class ChangeReader:
         now = time.monotonic()
         recent = [n for t, n in self.window if now - t <= 60]
         return {"eventsPerSecond": round(sum(recent) / 60, 3) if recent else None,
-                "lagSecs": None, "bufferSaturation": 0.0, "eventCounts": dict(self.counts)}
+                "lagSecs": None if self.lag_s is None else int(self.lag_s),
+                "bufferSaturation": round(min(1.0, len(self.pending) / READER_BATCH), 3),
+                "eventCounts": dict(self.counts)}

@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import threading
@@ -66,7 +67,15 @@ from mongoferry.verify_api import (
 )
 from mongoferry.verify_engine import Engine
 from mongoferry.verify_findings import DocFinding, NsFinding, Pair, Sink, diff_to_json
-from mongoferry.verify_metadata import both_exist, compare_metadata, pair_for_new_namespace, plan_ranges, resolve_pairs
+from mongoferry.verify_keys import id_sort_key
+from mongoferry.verify_metadata import (
+    both_exist,
+    compare_metadata,
+    explicit_pairs,
+    pair_for_new_namespace,
+    plan_ranges,
+    resolve_pairs,
+)
 from mongoferry.verify_readers import EVENT_KINDS, ChangeReader
 
 log = logging.getLogger("mongoferry.verify")
@@ -84,6 +93,24 @@ STATUSES: Final = ("added", "processing", "failed", "completed", "mismatch")
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _merge_entry(doc: Mapping[str, Any]) -> UpdateOne | None:
+    """The update that folds a duplicate recheck-queue entry into the stored one."""
+    update: dict[str, Any] = {}
+    if "first" in doc:
+        update["$min"] = {"first": doc["first"]}
+    if "changed" in doc:
+        update["$max"] = {"changed": doc["changed"]}
+    return UpdateOne({"_id": doc["_id"]}, update) if update else None
+
+
+def mismatch_since(first: dt.datetime | None, changed: dt.datetime | None) -> dt.datetime | None:
+    """Since when a document has been seen to differ: its first mismatch, unless it changed later
+    (then the age restarts at the change); None when it was only changed."""
+    if first is None or changed is None:
+        return first
+    return max(first, changed)
 
 
 def _hosts(uri: str | None) -> list[str]:
@@ -277,22 +304,34 @@ class Verifier:
     def dst_of(self, src_ns: str) -> str:
         return next((p.dst_ns for p in self.pairs if p.src_ns == src_ns), src_ns)
 
-    def enqueue(self, entries: list[tuple[int, str, str, Any, dt.datetime | None]]) -> None:
+    def enqueue(self, entries: list[tuple[int, str, str, Any, dt.datetime | None]],
+                changed: dt.datetime | None = None) -> None:
         """Add recheck-queue entries ``(generation, source ns, destination ns, key bytes | "meta",
         first mismatch)``; the destination is kept because data namespaces (time-series buckets)
-        are not always pairs of their own."""
-        ops: list[UpdateOne] = []
-        for generation, ns, dst_ns, key, first in entries:
-            update: dict[str, Any] = {"$setOnInsert": {"dst": dst_ns}}
-            if first is not None:  # the earliest time a document was seen to differ survives
-                update["$min"] = {"first": first}
-            ops.append(UpdateOne({"_id": {"g": generation, "ns": ns, "k": key}}, update, upsert=True))
-        for i in range(0, len(ops), 1000):
+        are not always pairs of their own. ``changed``: the entries come from change events at
+        that time, which restart a mismatch's age (a busy document is not a lasting difference).
+
+        New entries are inserted (cheap on every server); an entry that exists already keeps the
+        earliest mismatch time and the latest change time."""
+        for i in range(0, len(entries), 1000):
+            docs: list[dict[str, Any]] = []
+            for generation, ns, dst_ns, key, first in entries[i: i + 1000]:
+                doc: dict[str, Any] = {"_id": {"g": generation, "ns": ns, "k": key}, "dst": dst_ns}
+                if first is not None:
+                    doc["first"] = first
+                if changed is not None:
+                    doc["changed"] = changed
+                docs.append(doc)
             try:
-                self.recheck.bulk_write(ops[i: i + 1000], ordered=False)
-            except BulkWriteError as exc:  # two upserts of one new key raced: the entry exists
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                self.recheck.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != 11000 for e in errors):
                     raise
+                merges = [_merge_entry(docs[e["index"]]) for e in errors]
+                ops = [op for op in merges if op is not None]
+                if ops:
+                    self.recheck.bulk_write(ops, ordered=False)
 
     # ------------------------------------------------------------------ control (HTTP)
     def start_check(self, filt: dict[str, Any] | None) -> None:
@@ -300,7 +339,12 @@ class Verifier:
             if self.running:
                 log.info("already checking")
                 return
-            pairs = resolve_pairs(self.s, self.ends.src, self.ends.dst, self.ends.nsmap)
+            try:
+                pairs = resolve_pairs(self.s, self.ends.src, self.ends.dst, self.ends.nsmap)
+            except UsageError as exc:  # shown by /progress too, so a script polling it cannot miss it
+                with self.lock:
+                    self.error = exc.one_line()
+                raise
             self.forget()
             self.filter = filt
             self.pairs = pairs
@@ -317,6 +361,8 @@ class Verifier:
 
     def resume(self) -> None:
         with self.op_lock:
+            if self.running:
+                return
             log.info("resuming the saved verification", extra={"generation": self.generation,
                                                                 "namespaces": len(self.pairs)})
             self._launch(fresh=False)
@@ -433,7 +479,9 @@ class Verifier:
                         reader.drained.wait(0.2)
                 final = True
                 break
-            if self.recheck.find_one({"_id.g": self.generation + 1}) is not None:
+            # Generation 1 always follows generation 0 (as in migration-verifier: the phase then
+            # says the first full pass is over); later ones only once their queue holds something.
+            if self.generation == 0 or self.recheck.find_one({"_id.g": self.generation + 1}) is not None:
                 self.check_stop.wait(GENERATION_PAUSE_S)  # let a burst of changes gather
                 break
             self.check_stop.wait(MONITOR_S)
@@ -480,7 +528,7 @@ class Verifier:
                         meta.add(ns)
                     continue
                 dst_of.setdefault(ns, entry.get("dst") or ns)
-                by_ns.setdefault(ns, []).append((bytes(key), entry.get("first")))
+                by_ns.setdefault(ns, []).append((bytes(key), mismatch_since(entry.get("first"), entry.get("changed"))))
             tasks = [{"generation": generation, "type": "verifyCollection", "status": "added", "ns": ns,
                       "dstNs": dst_of[ns], "created": now, "attempts": 0} for ns in sorted(meta)]
             for ns, entries in sorted(by_ns.items()):
@@ -729,8 +777,12 @@ class Verifier:
         query: dict[str, Any] = {"generation": self.served_generation(), "category": "document"}
         if min_duration_s:
             query["durationMS"] = {"$gte": 1000 * min_duration_s}
-        for m in self.mismatches.find(query).sort([("durationMS", DESCENDING), ("key", ASCENDING)]):
-            yield from doc_mismatch_lines(m)
+        # Equal durations (all of generation 0) are ordered by `_id` as the server sorts it, which
+        # the stored key bytes do not give (little-endian numbers, mixed types).
+        for _, group in itertools.groupby(self.mismatches.find(query).sort("durationMS", DESCENDING),
+                                          key=lambda m: m.get("durationMS")):
+            for m in sorted(group, key=lambda m: id_sort_key(bytes(m["key"]))):
+                yield from doc_mismatch_lines(m)
 
     def ns_mismatches(self) -> Iterator[dict[str, Any]]:
         yield from self.mismatches.find({"generation": self.served_generation(), "category": "namespace"}).sort(
@@ -741,7 +793,9 @@ class Verifier:
         phase = self.phase()
         check_stats = self.generation_stats(0)
         est: float | None = None
-        if phase == "check":
+        if phase == "check" and check_stats["totalDocs"] and check_stats["docsCompared"] >= check_stats["totalDocs"]:
+            est = 0.0
+        elif phase == "check":
             docs_per_s, bytes_per_s = self.rate.per_second()
             total_bytes = check_stats.get("totalSrcBytes")
             if total_bytes and bytes_per_s > 0:
@@ -790,16 +844,20 @@ def _listening_port(http: HttpServer, requested: int) -> int:
 
 
 def run_server(s: VerifySettings) -> int:
-    """``mongoferry verify`` without --check-only: serve until SIGTERM/SIGINT."""
+    """``mongoferry verify`` without --check-only: serve until SIGTERM/SIGINT. Everything that can
+    be checked is checked before the port is taken and before --clean forgets anything."""
     ends = open_endpoints(s)
     http: HttpServer | None = None
     verifier: Verifier | None = None
     try:
+        explicit_pairs(s, ends.nsmap)
         with stop_on_signals() as stop:
             verifier = Verifier(s, ends, stop)
-            verifier.load()
-            http = HttpServer(verifier_app(verifier), "127.0.0.1", s.port)
+            http = HttpServer(verifier_app(verifier), "127.0.0.1", s.port,
+                              hint="choose another port with --port (0: any free port)")
             http.server.config.server_header = False  # ours names the API (migration-verifier/…)
+            http.probe()  # a taken port fails before --clean forgets anything
+            verifier.load()
             http.start()
             log.info("Web server started.", extra={"port": _listening_port(http, s.port)})
             if verifier.state.get("running"):

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -263,6 +264,37 @@ def test_bad_input_exit_codes(servers: tuple[EmbeddedServer, EmbeddedServer]) ->
     assert r.code == 2
     r = run_verify("--src", src.uri, "--dst", src.uri, "--check-only", "--failure-display-size", "0")
     assert r.code == 2 and "failure_display_size" in r.err
+    with src.client() as c:
+        c.app.real.insert_one({"_id": 1})
+    r = run_verify("--src", src.uri, "--dst", src.uri, "--check-only", "--src-namespace", "app.raal")
+    assert r.code == 2 and r.err.strip() == ("error: --src-namespace app.raal: neither the source nor the "
+                                             "destination holds it — check the spelling (DATABASE.COLLECTION)")
+    r = run_verify("--src", src.uri, "--dst", src.uri, "--check-only", "--src-namespace", "local.oplog.rs")
+    assert r.code == 2 and "'local.oplog.rs' is a system namespace" in r.err
+    r = run_verify("--src", src.uri, "--dst", src.uri, "--check-only", "--clean")
+    assert r.code == 2 and "server-mode options" in r.err
+    r = run_verify("--src", "mongodb://u:s3cret/PW@127.0.0.1:1/", "--dst", src.uri, "--check-only")
+    assert r.code == 2 and "s3cret" not in r.text and "PW" not in r.text
+
+
+def test_server_mode_checks_its_options_before_serving_or_forgetting(
+        servers: tuple[EmbeddedServer, EmbeddedServer], tmp_path: Path) -> None:
+    src, dst = servers
+    with dst.client() as c:  # a saved verification that --clean would forget
+        c.mongoferry_meta.verify_state.insert_one({"_id": "state", "running": False})
+    port = free_port()
+    r = run_verify("--src", src.uri, "--dst", dst.uri, "--port", str(port), "--src-namespace", "a.b",
+                   "--dst-namespace", "a.b", "--dst-namespace", "c.d", timeout=60)
+    assert r.code == 2 and "1 --src-namespace but 2 --dst-namespace values" in r.err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        r = run_verify("--src", src.uri, "--dst", dst.uri, "--port", str(port), "--clean", timeout=60)
+    assert r.code == 2, r.text
+    assert r.err.strip() == (f"error: cannot listen on 127.0.0.1:{port}: Address already in use — choose another "
+                             "port with --port (0: any free port)")
+    with dst.client() as c:
+        assert c.mongoferry_meta.verify_state.count_documents({}) == 1  # nothing forgotten
 
 
 # ---------------------------------------------------------------------------------------------- server mode
@@ -698,3 +730,66 @@ def test_merge_confirms_suspects_by_lookup_when_the_order_disagrees(
     expected += [("extraOnDst", doc_key_for_value(i)) for i in only_dst]
     assert sorted((f.type, f.key) for f in sink.found) == sorted(expected)
     assert sink.src_docs == len(src_docs) and sink.dst_docs == len(dst_docs)
+
+
+def test_generations_ages_order_and_change_stats(
+        servers: tuple[EmbeddedServer, EmbeddedServer], tmp_path: Path, verifiers: list[VerifierProcess]) -> None:
+    src, dst = servers
+    ids = [-1, 1, 2, 255, 256, 257, 1000, 65536]  # little-endian key bytes sort differently
+    for server, value in ((src, 1), (dst, 2)):
+        with server.client() as c:
+            c.app.c.insert_many([{"_id": i, "v": value} for i in reversed(ids)])
+            c.app.busy.insert_one({"_id": 42, "n": 0})
+    v = VerifierProcess(tmp_path, src, dst, "--include", "app")
+    verifiers.append(v)
+    v.start()
+    bad = v.post("/check", {"filter": {"_id": {"$oid": "zz"}}})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("invalid JSON body")
+    assert v.post("/check").json() == {"success": True}
+    wait_for(lambda: v.progress()["generation"] >= 1, timeout=60)  # no writes: generation 1 follows anyway
+    p = v.progress()
+    assert p["phase"] == "recheck" and p["gen0Stats"]["docsCompared"] == len(ids) + 1
+    gen0 = ndjson(v, "/docMismatches")
+    assert [m["_id"] for m in gen0] == ids  # all 0 s old: ordered by _id value
+
+    with src.client() as c:  # outside the selection: neither counted nor rechecked
+        c.other.x.insert_many([{"_id": i} for i in range(10)])
+    stop = threading.Event()
+
+    def busy_writer() -> None:
+        """A document that keeps changing, its replica always one version behind: different at
+        every recheck, but not a lasting difference (each change restarts its age)."""
+        n = 0
+        with src.client() as s, dst.client() as d:
+            while not stop.is_set():
+                n += 1
+                s.app.busy.update_one({"_id": 42}, {"$set": {"n": n}})
+                d.app.busy.update_one({"_id": 42}, {"$set": {"n": n - 1}})
+                time.sleep(0.3)
+
+    writer = threading.Thread(target=busy_writer, daemon=True)
+    writer.start()
+    writing_since = time.monotonic()
+    try:
+        # Served findings are a generation old; by the time app.c's are 10 s old, 42 has differed
+        # (at every recheck) for 7 s or more, but it changed less than a generation ago.
+        wait_for(lambda: ndjson(v, "/docMismatches")[0]["durationSecs"] >= 10, timeout=90, interval=0.5)
+        assert time.monotonic() - writing_since > 6
+        lasting = ndjson(v, "/docMismatches?minDurationSecs=5")
+        p = v.progress()
+    finally:
+        stop.set()
+        writer.join(10)
+    assert sorted(m["_id"] for m in lasting) == ids  # app.busy 42 is young every generation
+    assert any(m["namespace"] == "app.busy" for m in ndjson(v, "/docMismatches"))  # but it does differ
+    assert p["srcChangeStats"]["eventCounts"]["insert"] == 0 and p["srcChangeStats"]["eventCounts"]["update"] > 3
+    assert isinstance(p["srcChangeStats"]["lagSecs"], int) and p["srcChangeStats"]["lagSecs"] <= 5
+    with src.client() as c:
+        c.app.busy.update_one({"_id": 42}, {"$set": {"n": -1}})
+    with dst.client() as c:
+        c.app.busy.update_one({"_id": 42}, {"$set": {"n": -1}})
+    final = v.finish()
+    assert final["verificationStatus"]["failedTasks"] == 1
+    assert sorted(m["_id"] for m in v.mismatches()) == sorted(ids)
+    assert all(m["idType"] == "32-bit integer" for m in v.mismatches())
+    assert v.terminate() == 0

@@ -19,9 +19,10 @@ from mongoferry.verify_api import (
     parse_min_duration,
     tolerated,
 )
-from mongoferry.verify_findings import Pair
+from mongoferry.verify_findings import Pair, id_type
 from mongoferry.verify_keys import fast_id_key, id_sort_key, id_value, raw_id_in_filter, split_batch
 from mongoferry.verify_metadata import pair_for_new_namespace, source_of
+from mongoferry.verify_server import _merge_entry, mismatch_since
 
 # ---------------------------------------------------------------------------------------
 # `_id` sort order: the server's type brackets, numbers by value across types
@@ -194,3 +195,33 @@ def test_doc_mismatch_summary_counts_lines() -> None:
     assert doc_mismatch_summary(lines) == {"total": 3, "byType": {"content": 2, "missingOnDst": 1},
                                            "byNamespace": {"a.b": 2, "a.c": 1}}
     assert doc_mismatch_summary([]) == {"total": 0, "byType": {}, "byNamespace": {}}
+
+
+# ---------------------------------------------------------------------------------------
+# Recheck queue: how long a document has differed
+# ---------------------------------------------------------------------------------------
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
+T1 = T0 + dt.timedelta(seconds=5)
+
+
+def test_a_change_restarts_a_mismatch_age() -> None:
+    assert mismatch_since(T0, None) == T0          # differing, untouched since
+    assert mismatch_since(T0, T1) == T1            # changed after it was first seen different
+    assert mismatch_since(T1, T0) == T1            # a change before the first mismatch does not count
+    assert mismatch_since(None, T1) is None        # only changed: no mismatch known yet
+
+
+def test_duplicate_queue_entries_merge_earliest_mismatch_and_latest_change() -> None:
+    key = {"g": 2, "ns": "a.b", "k": b"\x10\x01\x00\x00\x00"}
+    assert _merge_entry({"_id": key, "dst": "a.b"}) is None
+    op = _merge_entry({"_id": key, "dst": "a.b", "first": T0, "changed": T1})
+    assert op is not None
+    assert op._filter == {"_id": key}
+    assert op._doc == {"$min": {"first": T0}, "$max": {"changed": T1}}
+
+
+def test_id_type_names_the_bson_type() -> None:
+    assert id_type(doc_key_for_value(1)) == "32-bit integer"
+    assert id_type(doc_key_for_value(Int64(1))) == "64-bit integer"
+    assert id_type(b"") == "missing"
