@@ -158,6 +158,8 @@ def load_settings(cls: type[S], flags: dict[str, Any], config_file: Path | None 
         name = ".".join(str(p) for p in err["loc"]) or "config"
         if err["type"] == "extra_forbidden":
             raise UsageError(f"unknown option {name!r}", "see `mongoferry COMMAND --help` for the options") from None
-        raise UsageError(f"invalid value for {name!r}: {err['msg']}", "see docs/configuration.md") from None
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = f" (--{field.replace('_', '-')} / MONGOFERRY_{field.upper()})" if field in cls.model_fields else ""
+        raise UsageError(f"invalid value for {name!r}{where}: {err['msg']}", "see docs/configuration.md") from None
     finally:
         _FILE_VALUES.pop(cls, None)

@@ -231,7 +231,7 @@ def test_invalid_value_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_invalid_value_in_flags() -> None:
     err = load_error({"workers": 0})
-    assert "invalid value for 'workers'" in err.message
+    assert "invalid value for 'workers' (--workers / MONGOFERRY_WORKERS)" in err.message
 
 
 def test_valid_flag_repairs_invalid_file_value(tmp_path: Path) -> None:
