@@ -85,9 +85,9 @@ def translate(exc: PyMongoError, doing: str) -> MongoferryError:
         return AuthError(f"authentication failed while {doing}", "check the credentials")
     if isinstance(exc, ConnectionFailure):
         return ConnectError(f"lost the connection while {doing}: {redact(str(exc))}",
-                            "check the server; rerun the same command to resume")
+                            "check the server, then rerun the same command (jobs with saved progress resume)")
     return MongoferryError(f"MongoDB error while {doing}: {redact(str(exc))}",
-                           "rerun the same command to resume; report it if it repeats")
+                           "rerun the same command (jobs with saved progress resume); report it if it repeats")
 
 
 @contextmanager
