@@ -150,8 +150,8 @@ def to_json_value(value: Any, limit: int = MAX_VALUE_TEXT) -> Any:
         text = json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS)
     except Exception:
         text = json.dumps(repr(value))
-    if len(text) > limit:
-        return text[:limit] + "…"
+    if len(text) > limit:  # the length tells two long values with one prefix apart
+        return f"{text[:limit]}… ({len(text):,} characters)"
     return json.loads(text)
 
 

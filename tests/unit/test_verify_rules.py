@@ -225,3 +225,13 @@ def test_id_type_names_the_bson_type() -> None:
     assert id_type(doc_key_for_value(1)) == "32-bit integer"
     assert id_type(doc_key_for_value(Int64(1))) == "64-bit integer"
     assert id_type(b"") == "missing"
+
+
+def test_long_values_are_cut_with_their_length() -> None:
+    from mongoferry.verify_keys import to_json_value
+
+    assert to_json_value("short") == "short"
+    cut = to_json_value("x" * 600 + "A")
+    other = to_json_value("x" * 600 + "B")
+    assert cut.endswith("… (603 characters)") and other.endswith("… (603 characters)")
+    assert to_json_value("x" * 700) != cut  # same prefix, other length: told apart
