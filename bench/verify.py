@@ -113,13 +113,14 @@ def run_verify(src_uri: str, dst_uri: str, workers: int, out: Path) -> tuple[flo
     args = [*verify_cmd(), "--src", src_uri, "--dst", dst_uri, "--check-only", "--json", "--include", "bench",
             "--workers", str(workers), "--log-format", "text", "--log-level", "warning"]
     started = time.perf_counter()
-    with out.open("wb") as stdout:
-        proc = subprocess.Popen(args, stdout=stdout, stderr=subprocess.DEVNULL, env=child_env())
+    errors = out.with_suffix(".err")
+    with out.open("wb") as stdout, errors.open("wb") as stderr:
+        proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, env=child_env())
         _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 4):
-        raise SystemExit(f"verify exited {proc.returncode}")
+        raise SystemExit(f"verify exited {proc.returncode}: {errors.read_text(errors='replace')[-2000:]}")
     report: dict[str, Any] = json.loads(out.read_text())
     return elapsed, report, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime  # ru_maxrss: KiB on Linux
 

@@ -3,7 +3,6 @@ indexes, and the ``_id`` ranges their documents are compared in."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -245,21 +244,18 @@ def estimate_count(engine: Engine, plan: NamespacePlan) -> int:
 
 
 def data_size(client: Client, ns: str) -> int | None:
-    """The uncompressed bytes of a collection's documents: ``$collStats`` summed over shards, or the
-    ``collStats`` command where ``$collStats`` reports nothing (some compatible servers). None
-    when neither answers (only the progress estimate needs it)."""
+    """The uncompressed bytes of a collection's documents, from ``$collStats`` (summed over
+    shards; O(1) on MongoDB). None when the server reports no size: the deprecated ``collStats``
+    command is not asked, because the servers without ``$collStats`` sizes answer it with a scan."""
     db, coll = split_ns(ns)
     handle = client[db].get_collection(coll, codec_options=DECODED)
     total = 0
-    with contextlib.suppress(PyMongoError):
+    try:
         for shard in handle.aggregate([{"$collStats": {"storageStats": {"scale": 1}}}]):
             total += int((shard.get("storageStats") or {}).get("size") or 0)
-    if total:
-        return total
-    try:
-        return int(client[db].command("collStats", coll).get("size") or 0)
     except PyMongoError:
         return None
+    return total or None
 
 
 def plan_ranges(engine: Engine, pair: Pair, plan: NamespacePlan, workers: int, partition_docs: int

@@ -105,6 +105,20 @@ def _merge_entry(doc: Mapping[str, Any]) -> UpdateOne | None:
     return UpdateOne({"_id": doc["_id"]}, update) if update else None
 
 
+def estimate_remaining(stats: Mapping[str, Any], docs_per_s: float, src_bytes_per_s: float) -> float | None:
+    """``estCheckSecsRemaining`` of generation 0: source bytes left over the byte rate, or, when
+    the server gives no size, documents left over the document rate; 0 once all are compared;
+    None without a rate."""
+    if stats["totalDocs"] and stats["docsCompared"] >= stats["totalDocs"]:
+        return 0.0
+    total_bytes = stats.get("totalSrcBytes")
+    if total_bytes and src_bytes_per_s > 0:
+        return round(max(0.0, float(total_bytes - stats["srcBytesCompared"]) / src_bytes_per_s), 1)
+    if docs_per_s > 0:
+        return round(max(0.0, float(stats["totalDocs"] - stats["docsCompared"]) / docs_per_s), 1)
+    return None
+
+
 def mismatch_since(first: dt.datetime | None, changed: dt.datetime | None) -> dt.datetime | None:
     """Since when a document has been seen to differ: its first mismatch, unless it changed later
     (then the age restarts at the change); None when it was only changed."""
@@ -792,18 +806,10 @@ class Verifier:
         """``GET /api/v1/summary`` (the reference's object; index tolerances never apply)."""
         phase = self.phase()
         check_stats = self.generation_stats(0)
-        est: float | None = None
-        if phase == "check" and check_stats["totalDocs"] and check_stats["docsCompared"] >= check_stats["totalDocs"]:
-            est = 0.0
-        elif phase == "check":
+        est = None
+        if phase == "check":
             docs_per_s, bytes_per_s = self.rate.per_second()
-            total_bytes = check_stats.get("totalSrcBytes")
-            if total_bytes and bytes_per_s > 0:
-                est = max(0.0, (total_bytes - check_stats["srcBytesCompared"]) / (bytes_per_s / 2))
-            elif docs_per_s > 0:  # no size from the server: estimate from documents
-                est = max(0.0, (check_stats["totalDocs"] - check_stats["docsCompared"]) / docs_per_s)
-            if est is not None:
-                est = round(est, 1)
+            est = estimate_remaining(check_stats, docs_per_s, bytes_per_s / 2)
         out: dict[str, Any] = {"estCheckSecsRemaining": est}
         recent = self.recent_recheck_secs()
         if recent:

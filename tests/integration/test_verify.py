@@ -639,7 +639,8 @@ def test_summary_durations_index_tolerance_and_late_namespaces(
     summary = v.http.get(v.base + f"/summary?minDurationSecs={minimum}").json()
     assert summary["estCheckSecsRemaining"] is None  # rechecking, not checking
     assert summary["checkStats"]["totalDocs"] == 500 and summary["checkStats"]["docsCompared"] == 500
-    assert summary["checkStats"]["totalSrcBytes"] > 500 * 50  # the server's data size
+    # MongoDB's $collStats gives the source's bytes; SecantusDB's reports none: omitted, as at 0
+    assert "totalSrcBytes" not in summary["checkStats"]
     assert summary["checkStats"]["totalNamespaces"] == 1
     assert summary["nsMismatches"] == ns_rows  # tolerances never apply here
     assert summary["docMismatches"]["total"] == len(filtered)

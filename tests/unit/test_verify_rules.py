@@ -235,3 +235,14 @@ def test_long_values_are_cut_with_their_length() -> None:
     other = to_json_value("x" * 600 + "B")
     assert cut.endswith("… (603 characters)") and other.endswith("… (603 characters)")
     assert to_json_value("x" * 700) != cut  # same prefix, other length: told apart
+
+
+def test_remaining_check_time() -> None:
+    from mongoferry.verify_server import estimate_remaining
+
+    stats = {"docsCompared": 250, "totalDocs": 1000, "srcBytesCompared": 2500, "totalSrcBytes": 10_000}
+    assert estimate_remaining(stats, 50.0, 100.0) == 75.0                           # bytes left / bytes per s
+    no_size = {k: v for k, v in stats.items() if k != "totalSrcBytes"}
+    assert estimate_remaining(no_size, 50.0, 100.0) == 15.0                         # documents left / docs per s
+    assert estimate_remaining(no_size, 0.0, 0.0) is None                            # no rate yet
+    assert estimate_remaining({**stats, "docsCompared": 1000}, 0.0, 0.0) == 0.0     # all compared
