@@ -8,6 +8,7 @@ A logging filter applies it to every record, so even driver messages are safe.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -17,7 +18,7 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 # The password runs to the *last* `@` of the URI: a password with an unescaped `/` or `@` makes the
 # URI invalid, and the error that says so must not show it either (over-redacting is fine).
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s\"']*):(?P<pw>[^\s\"']*)@")
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s\"']*):(?P<pw>\S*)@")
 # Options that carry secrets of their own (AWS session tokens, TLS key passwords).
 _SECRET_OPTIONS = re.compile(
     r"(?i)(?P<name>authMechanismProperties|tlsCertificateKeyFilePassword|sslPEMKeyPassword"
@@ -36,6 +37,7 @@ def register_uri(uri: str) -> None:
     m = _USERINFO.search(uri)
     if m and m.group("pw"):
         register_secret(m.group("pw"))
+        register_secret(json.dumps(unquote(m.group("pw")))[1:-1])  # as it appears inside JSON text
     for option in _SECRET_OPTIONS.finditer(uri):
         value = option.group("value")
         if value:

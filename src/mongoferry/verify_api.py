@@ -21,7 +21,8 @@ from starlette.routing import Route
 
 from mongoferry import __version__
 from mongoferry.compare import INDEX_SPEC_TOLERANCES, index_patch_suppressed
-from mongoferry.errors import UsageError
+from mongoferry.errors import MongoferryError
+from mongoferry.redact import redact
 from mongoferry.verify_findings import id_type
 from mongoferry.verify_keys import id_value, to_json_value
 from mongoferry.verify_metadata import resolve_pairs
@@ -112,18 +113,6 @@ def tolerated(m: Mapping[str, Any], tolerances: frozenset[str]) -> bool:
             and index_patch_suppressed(str(m.get("detail") or ""), tolerances))
 
 
-def doc_mismatch_summary(lines: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """``summary.docMismatches``: counts of the lines ``/docMismatches`` serves."""
-    by_type: dict[str, int] = {}
-    by_ns: dict[str, int] = {}
-    total = 0
-    for line in lines:
-        total += 1
-        by_type[line["type"]] = by_type.get(line["type"], 0) + 1
-        by_ns[line["namespace"]] = by_ns.get(line["namespace"], 0) + 1
-    return {"total": total, "byType": by_type, "byNamespace": by_ns}
-
-
 # ======================================================================================
 # HTTP
 # ======================================================================================
@@ -159,22 +148,27 @@ def verifier_app(v: Verifier) -> Starlette:
         filt = body.get("filter")
         if filt is not None and not isinstance(filt, dict):
             return JSONResponse({"error": "`filter` must be a query document"}, 400)
-        if filt:
-            try:
-                await run_in_threadpool(_validate_filter, v, filt)
-            except OperationFailure as exc:
-                return JSONResponse({"error": f"invalid filter: {(exc.details or {}).get('errmsg', exc)}"}, 400)
         try:
+            if filt:
+                await run_in_threadpool(_validate_filter, v, filt)
             await run_in_threadpool(v.start_check, filt or None)
-        except UsageError as exc:
-            return JSONResponse({"error": exc.one_line()}, 400)
+        except OperationFailure as exc:
+            return JSONResponse({"error": f"invalid filter: {redact(str((exc.details or {}).get('errmsg', exc)))}"},
+                                400)
+        except MongoferryError as exc:  # a selection that matches nothing, a lost server, ...
+            return JSONResponse({"error": redact(exc.one_line())}, 400)
+        except PyMongoError as exc:
+            return JSONResponse({"error": redact(str(exc))})
         return JSONResponse({"success": True})
 
     async def writes_off(request: Request) -> JSONResponse:
         body, error = await _json_body(request)
         if body is None:
             return JSONResponse({"error": error}, 400)
-        failure = await run_in_threadpool(v.writes_off)
+        try:
+            failure = await run_in_threadpool(v.writes_off)
+        except PyMongoError as exc:
+            failure = f"cannot read the servers' cluster time: {redact(str(exc))}"
         if failure:
             return JSONResponse({"error": failure})
         return JSONResponse({"success": True})
@@ -183,7 +177,7 @@ def verifier_app(v: Verifier) -> Starlette:
         try:
             return JSONResponse(await run_in_threadpool(v.progress))
         except PyMongoError as exc:
-            return JSONResponse({"error": str(exc)})
+            return JSONResponse({"error": redact(str(exc))})
 
     def _generation(request: Request) -> int | None:
         value = request.query_params.get("generation")
@@ -201,7 +195,7 @@ def verifier_app(v: Verifier) -> Starlette:
         try:
             return JSONResponse(await run_in_threadpool(v.mismatch_items, generation))
         except PyMongoError as exc:
-            return JSONResponse({"error": str(exc)})
+            return JSONResponse({"error": redact(str(exc))})
 
     def _ndjson(rows: Callable[[], Iterable[dict[str, Any]]]) -> StreamingResponse:
         trace = str(uuid.uuid4())
@@ -239,7 +233,7 @@ def verifier_app(v: Verifier) -> Starlette:
         try:
             return JSONResponse(await run_in_threadpool(v.summary, min_s))
         except PyMongoError as exc:
-            return JSONResponse({"error": str(exc)})
+            return JSONResponse({"error": redact(str(exc))})
 
     app = Starlette(routes=[
         Route("/api/v1/check", check, methods=["POST"]),

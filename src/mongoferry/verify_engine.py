@@ -14,11 +14,12 @@ by its own thread (a few batches ahead). The two sorted streams are merge-joined
    side advances. Two keys in the same sort position but of different types (int32 ``1`` vs
    int64 ``1``) are both suspects.
 3. Suspects are settled in batches (at most :data:`SUSPECT_BATCH` documents): a key suspected
-   on both sides is a pair; the others are looked up by ``_id`` on the other side (a batched
-   ``$in`` with the exact BSON values). Only a document the lookup does not find is reported
-   missing or extra. A document found by lookup (our sort order disagreed with the server's,
-   e.g. a collection with a collation, or a concurrent write) is compared at once and its key
-   is remembered so that the other stream skips it when it arrives.
+   on both sides is a pair; the others are missing or extra. Where our order may not be the
+   server's (``confirm``: a collection with a collation, or a stream seen out of our order),
+   they are first looked up by ``_id`` on the other side (a batched ``$in`` with the exact BSON
+   values), and only a document the lookup does not find is reported missing or extra. A
+   document found by lookup is compared at once and its key is remembered so that the other
+   stream skips it when it arrives.
 
 So memory holds a few raw batches per side and worker, the suspects buffer and the findings
 kept for display; never a whole collection. Correctness does not depend on our sort order

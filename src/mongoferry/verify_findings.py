@@ -59,7 +59,7 @@ class NsFinding:
     type: FindingType
     ns: str
     dst_ns: str
-    aspect: str  # exist | type | spec | readOnly | index
+    aspect: str  # exist | type | spec | readOnly | index | shard key
     component: str | None = None
     detail: str | None = None
 

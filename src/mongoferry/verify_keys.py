@@ -132,6 +132,12 @@ def raw_id_in_filter(keys: Sequence[bytes]) -> RawBSONDocument:
     return RawBSONDocument(_document(b"\x03_id\x00" + inner), RAW)
 
 
+def raw_id_document(key: bytes) -> RawBSONDocument:
+    """``{_id: <value>}`` with the exact bytes of a pairing key: stored with a finding, the server
+    sorts findings by it in its own ``_id`` order, with no decoding."""
+    return RawBSONDocument(_document(_element(key, b"_id")), RAW)
+
+
 def id_value(key: bytes) -> Any:
     """The ``_id`` value of a pairing key, decoded for display."""
     try:

@@ -36,6 +36,31 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def writes_off_time(client: Client) -> Timestamp:
+    """A cluster time after every write acknowledged so far. MongoDB: the time of an oplog note
+    written now (``appendOplogNote``), so no user event can share it; where that command is not
+    available (or not allowed), the latest cluster time."""
+    try:
+        reply = client.admin.command("appendOplogNote", data={"mongoferry": "verify writesOff"})
+    except OperationFailure:
+        return current_time(client)
+    ts = reply.get("operationTime")
+    return ts if isinstance(ts, Timestamp) else current_time(client)
+
+
+def token_timestamp(token: Mapping[str, Any] | None) -> Timestamp | None:
+    """The cluster time of a MongoDB resume token: its KeyString ``_data`` starts with the
+    Timestamp type byte 0x82 and the time and increment as big-endian 32-bit numbers. None for
+    other servers' (opaque) tokens."""
+    data = token.get("_data") if token is not None else None
+    if not isinstance(data, str) or len(data) < 18 or not data.startswith("82"):
+        return None
+    try:
+        return Timestamp(int(data[2:10], 16), int(data[10:18], 16))
+    except ValueError:
+        return None
+
+
 class ChangeReader:
     """Tails one side's change stream and queues every touched ``_id`` for a recheck."""
 
@@ -53,8 +78,11 @@ class ChangeReader:
         self.drained = threading.Event()
         self.last_ts: Timestamp | None = None
         self.lag_s: float | None = None  # behind the server at the last read (None: not read yet)
+        self.empty_after_off = 0  # consecutive empty reads after the writes-off moment
         self.last_event_at = time.monotonic()
-        self.window: collections.deque[tuple[float, int]] = collections.deque(maxlen=600)
+        # Events per second of the last minute, as [second, count] buckets (read by the HTTP thread).
+        self.window: collections.deque[list[int]] = collections.deque()
+        self.window_lock = threading.Lock()
         self.pending: dict[tuple[str, Any], None] = {}
 
     # -- opening ------------------------------------------------------------------------
@@ -130,22 +158,22 @@ class ChangeReader:
 
     def _loop(self) -> None:
         last_flush = time.monotonic()
-        empty_after_off = 0
         while not self.stopping.is_set():
             target = self.verifier.writes_off_target(self.side)
             poll_started = time.time()
             event = self.stream.try_next()
             if event is None:
                 self.lag_s = 0.0  # an empty read: caught up with the server
-                if target is not None and poll_started >= target[1]:
-                    empty_after_off += 1
-                    if empty_after_off >= 2:  # nothing more was written before the writes-off moment
-                        self._flush()
-                        self.drained.set()
-                        return
+                if target is not None and self._passed_on_empty_read(target[0], poll_started >= target[1]):
+                    self._flush()
+                    self.drained.set()
+                    return
             else:
+                self.empty_after_off = 0
                 self._handle(event)
-                if target is not None and self.last_ts is not None and self.last_ts >= target[0]:
+                # Strictly past: the events of one transaction share its commit time, which can be
+                # the writes-off time itself; the rest of it is still to come.
+                if target is not None and self.last_ts is not None and self.last_ts > target[0]:
                     self._flush()
                     self.drained.set()
                     return
@@ -153,6 +181,18 @@ class ChangeReader:
                 self._flush()
                 last_flush = time.monotonic()
         self._flush()
+
+    def _passed_on_empty_read(self, target: Timestamp, after_wall_time: bool) -> bool:
+        """Has an empty read shown that every event up to ``target`` was delivered? MongoDB says
+        so with the post-batch resume token's time; where tokens are opaque, two consecutive
+        empty reads that started after the writes-off moment do."""
+        token_ts = token_timestamp(self.stream.resume_token)
+        if token_ts is not None:
+            return token_ts >= target
+        if not after_wall_time:
+            return False
+        self.empty_after_off += 1
+        return self.empty_after_off >= 2
 
     def _handle(self, event: Mapping[str, Any]) -> None:
         op = str(event.get("operationType"))
@@ -178,7 +218,7 @@ class ChangeReader:
         if to is not None:
             touched.append(f"{to.get('db')}.{to.get('coll')}")
         if op == "dropDatabase" or coll is None:
-            touched = [ns for ns in self.mapping if ns.partition(".")[0] == db]
+            touched = [ns for ns in list(self.mapping) if ns.partition(".")[0] == db]  # adopt() may add
         counted = False
         for ns in touched:
             if ns not in self.mapping and not ns.endswith(".None"):
@@ -192,7 +232,14 @@ class ChangeReader:
 
     def _count(self, op: str) -> None:
         self.counts[op if op in self.counts else "other"] += 1
-        self.window.append((time.monotonic(), 1))
+        second = int(time.monotonic())
+        with self.window_lock:
+            if self.window and self.window[-1][0] == second:
+                self.window[-1][1] += 1
+            else:
+                self.window.append([second, 1])
+                while self.window[0][0] <= second - 60:
+                    self.window.popleft()
         self.last_event_at = time.monotonic()
 
     def _flush(self) -> None:
@@ -210,7 +257,8 @@ class ChangeReader:
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
-        recent = [n for t, n in self.window if now - t <= 60]
+        with self.window_lock:
+            recent = [n for t, n in self.window if now - t <= 60]
         return {"eventsPerSecond": round(sum(recent) / 60, 3) if recent else None,
                 "lagSecs": None if self.lag_s is None else int(self.lag_s),
                 "bufferSaturation": round(min(1.0, len(self.pending) / READER_BATCH), 3),

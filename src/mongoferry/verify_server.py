@@ -26,10 +26,11 @@ any point continues where it was when started again with the same options:
 * ``verify_recheck``: the recheck queue, ``_id: {g, ns, k}`` (``k``: pairing key bytes, or
   ``"meta"`` for a metadata recheck), so duplicates collapse.
 
-Restart rules: a ``processing`` task is reset to ``added`` and its findings deleted (a gen-0
-``verifyCollection`` task also loses the range tasks it had created); a generation whose
-tasks were not completely built is built again from its queue (kept until it is built); the
-change streams resume after their saved tokens. Queue entries are written before the token
+Restart rules: a ``processing`` task is reset to ``added`` and its findings deleted (a
+``verifyCollection`` task also loses the range tasks it had created; a task cut short by a lost
+connection or DDL is reset the same way and retried); a generation whose tasks were not
+completely built is built again from its queue (kept until it is built), its findings deleted;
+the change streams resume after their saved tokens. Queue entries are written before the token
 that covers them, so a restart can only see an event twice, never miss one.
 """
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
-import itertools
 import json
 import logging
 import threading
@@ -49,25 +49,24 @@ from typing import Any, Final, cast
 from bson import Binary, ObjectId, Timestamp, json_util
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from mongoferry.capture import current_time
 from mongoferry.config import VerifySettings
 from mongoferry.errors import EXIT_OK, UsageError
+from mongoferry.redact import redact
 from mongoferry.runtime import Endpoints, open_endpoints, stop_on_signals
 from mongoferry.server import HttpServer
 from mongoferry.state import Partition
 from mongoferry.verify_api import (
     doc_mismatch_lines,
-    doc_mismatch_summary,
     mismatch_to_json,
     ns_mismatch_info,
     verifier_app,
 )
 from mongoferry.verify_engine import Engine
 from mongoferry.verify_findings import DocFinding, NsFinding, Pair, Sink, diff_to_json
-from mongoferry.verify_keys import id_sort_key
+from mongoferry.verify_keys import raw_id_document
 from mongoferry.verify_metadata import (
     both_exist,
     compare_metadata,
@@ -76,7 +75,7 @@ from mongoferry.verify_metadata import (
     plan_ranges,
     resolve_pairs,
 )
-from mongoferry.verify_readers import EVENT_KINDS, ChangeReader
+from mongoferry.verify_readers import EVENT_KINDS, ChangeReader, writes_off_time
 
 log = logging.getLogger("mongoferry.verify")
 
@@ -88,6 +87,9 @@ WORKER_SLEEP_S: Final = 0.2
 MONITOR_S: Final = 0.25
 FLUSH_FINDINGS: Final = 200
 TASK_ATTEMPTS: Final = 5
+# A read cut short by DDL or a lost cursor (NamespaceNotFound, CursorNotFound, QueryPlanKilled,
+# Interrupted): the task is run again; the DDL itself is rechecked through the change streams.
+RETRY_CODES: Final = frozenset({26, 43, 175, 11601})
 STATUSES: Final = ("added", "processing", "failed", "completed", "mismatch")
 
 
@@ -128,7 +130,12 @@ def mismatch_since(first: dt.datetime | None, changed: dt.datetime | None) -> dt
 
 
 def _hosts(uri: str | None) -> list[str]:
-    return sorted(f"{h}:{p}" for h, p in parse_uri(uri or "")["nodelist"])
+    """The hosts a URI names, for the restart fingerprint; a mongodb+srv name as written (its
+    DNS records may change between runs)."""
+    uri = uri or ""
+    if uri.startswith("mongodb+srv://"):
+        return [uri.split("://", 1)[1].rpartition("@")[2].split("/", 1)[0].split("?", 1)[0]]
+    return sorted(f"{h}:{p}" for h, p in parse_uri(uri)["nodelist"])
 
 
 # ======================================================================================
@@ -164,7 +171,8 @@ class TaskSink(Sink):
     def doc(self, finding: DocFinding) -> None:
         first = self.firsts.get(finding.key) or _now()
         doc = self._base(finding, first)
-        doc.update(category="document", key=Binary(finding.key),
+        doc.update(category="document", key=Binary(finding.key), id=raw_id_document(finding.key),
+                   lines=len({d.top_field for d in finding.diffs}) or 1,  # DocMismatchInfo lines it makes
                    diffs=json.dumps([diff_to_json(d) for d in finding.diffs], ensure_ascii=False))
         with self.lock:
             self.findings += 1
@@ -307,10 +315,10 @@ class Verifier:
             if pair is None or any(p.src_ns == pair.src_ns or p.dst_ns == pair.dst_ns for p in self.pairs):
                 return
             self.pairs.append(pair)
-            pairs = [{"src": p.src_ns, "dst": p.dst_ns} for p in self.pairs]
             for reader in self.readers.values():
                 reader.mapping[pair.src_ns if reader.side == "src" else pair.dst_ns] = pair.src_ns
-        self.save_state(pairs=pairs)
+            # saved under the lock: two readers adopting at once must not save older lists last
+            self.save_state(pairs=[{"src": p.src_ns, "dst": p.dst_ns} for p in self.pairs])
         log.info("new namespace joins the verification", extra={"source": pair.src_ns, "destination": pair.dst_ns})
         with self.gen_lock:
             self.enqueue([(self.generation + 1, pair.src_ns, pair.dst_ns, "meta", None)])
@@ -388,8 +396,8 @@ class Verifier:
                 return "no verification is running; POST /api/v1/check first"
             if self.state.get("writesOff"):
                 return "writesOff already set"
-            src_ts = current_time(self.ends.src)
-            dst_ts = current_time(self.ends.dst)
+            src_ts = writes_off_time(self.ends.src)
+            dst_ts = writes_off_time(self.ends.dst)
             self.save_state(writesOff=True, writesOffAt={"src": src_ts, "dst": dst_ts, "wall": time.time()})
         log.info("writes off: finishing with a final generation")
         return None
@@ -402,6 +410,7 @@ class Verifier:
         return at[side], float(at["wall"])
 
     def fail(self, error: str) -> None:
+        error = redact(error)  # shown by /progress, which no log filter sees
         log.error("verification failed", extra={"error": error})
         with self.lock:
             self.error = error
@@ -410,7 +419,16 @@ class Verifier:
         self.check_stop.set()
 
     # ------------------------------------------------------------------ running
+    def _ensure_indexes(self) -> None:
+        """What the workers, the monitor and the API ask for, without collection scans."""
+        self.tasks.create_index([("generation", ASCENDING), ("status", ASCENDING), ("type", ASCENDING)])
+        self.tasks.create_index([("parent", ASCENDING)])
+        self.mismatches.create_index([("generation", ASCENDING), ("category", ASCENDING),
+                                      ("durationMS", DESCENDING), ("id", ASCENDING)])
+        self.mismatches.create_index([("taskId", ASCENDING)])
+
     def _launch(self, fresh: bool) -> None:
+        self._ensure_indexes()
         self.running = True
         self.check_stop.clear()
         self.run_over.clear()
@@ -525,8 +543,10 @@ class Verifier:
         return [secs for _, secs in sorted(out)[-10:]]
 
     def _build(self, generation: int) -> None:
-        """Create a generation's tasks (gen 0: one per pair; later: from the recheck queue)."""
+        """Create a generation's tasks (gen 0: one per pair; later: from the recheck queue). A
+        build interrupted by a restart is redone from scratch, findings included."""
         self.tasks.delete_many({"generation": generation})
+        self.mismatches.delete_many({"generation": generation})
         now = _now()
         if generation == 0:
             tasks = [{"generation": 0, "type": "verifyCollection", "status": "added", "ns": p.src_ns,
@@ -560,13 +580,18 @@ class Verifier:
 
     def _reset_in_progress(self) -> None:
         for task in self.tasks.find({"status": "processing"}):
-            if task["type"] == "verifyCollection":
-                children = [t["_id"] for t in self.tasks.find({"parent": task["_id"]}, {"_id": 1})]
-                if children:
-                    self.mismatches.delete_many({"taskId": {"$in": children}})
-                    self.tasks.delete_many({"_id": {"$in": children}})
-            self.mismatches.delete_many({"taskId": task["_id"]})
-            self.tasks.update_one({"_id": task["_id"]}, {"$set": {"status": "added"}})
+            self._reset_task(task)
+
+    def _reset_task(self, task: Mapping[str, Any]) -> None:
+        """Undo a task that did not finish: its findings, and a verifyCollection task's range
+        tasks (the rerun plans them again), then queue it again."""
+        if task["type"] == "verifyCollection":
+            children = [t["_id"] for t in self.tasks.find({"parent": task["_id"]}, {"_id": 1})]
+            if children:
+                self.mismatches.delete_many({"taskId": {"$in": children}})
+                self.tasks.delete_many({"_id": {"$in": children}})
+        self.mismatches.delete_many({"taskId": task["_id"]})
+        self.tasks.update_one({"_id": task["_id"]}, {"$set": {"status": "added"}})
 
     # ------------------------------------------------------------------ workers
     def _work(self) -> None:
@@ -585,16 +610,17 @@ class Verifier:
                 continue
             try:
                 self._run_task(task)
-            except ConnectionFailure as exc:
+            except (ConnectionFailure, OperationFailure) as exc:
                 if self._halted():
                     return
-                if task.get("attempts", 1) >= TASK_ATTEMPTS:
-                    self.fail(f"task on {task['ns']} failed {TASK_ATTEMPTS} times: {exc}")
+                retry = isinstance(exc, ConnectionFailure) or exc.code in RETRY_CODES
+                if not retry or task.get("attempts", 1) >= TASK_ATTEMPTS:
+                    log.exception("task failed", extra={"ns": task.get("ns")})
+                    self.fail(f"task on {task['ns']} failed after {task.get('attempts', 1)} attempt(s): {exc}")
                     return
                 log.warning("task interrupted; retrying", extra={"ns": task["ns"], "error": str(exc)})
                 with contextlib.suppress(PyMongoError):
-                    self.mismatches.delete_many({"taskId": task["_id"]})
-                    self.tasks.update_one({"_id": task["_id"]}, {"$set": {"status": "added"}})
+                    self._reset_task(task)
             except Exception as exc:
                 if self._halted():
                     return
@@ -721,13 +747,13 @@ class Verifier:
     def mismatch_counts(self, generation: int) -> dict[str, Any]:
         by_type: dict[str, int] = {}
         by_ns: dict[str, int] = {}
-        total = 0
-        for m in self.mismatches.find({"generation": generation}, {"type": 1, "namespace": 1, "category": 1}):
-            total += 1
-            kind = f"{m['category']}:{m['type']}"
-            by_type[kind] = by_type.get(kind, 0) + 1
-            by_ns[m["namespace"]] = by_ns.get(m["namespace"], 0) + 1
-        return {"generation": generation, "total": total, "byType": by_type, "byNamespace": by_ns}
+        for g in self.mismatches.aggregate([
+                {"$match": {"generation": generation}},
+                {"$group": {"_id": {"c": "$category", "t": "$type", "ns": "$namespace"}, "n": {"$sum": 1}}}]):
+            kind, n = f"{g['_id']['c']}:{g['_id']['t']}", int(g["n"])
+            by_type[kind] = by_type.get(kind, 0) + n
+            by_ns[g["_id"]["ns"]] = by_ns.get(g["_id"]["ns"], 0) + n
+        return {"generation": generation, "total": sum(by_type.values()), "byType": by_type, "byNamespace": by_ns}
 
     def change_stats(self, side: str, saved: Mapping[str, Any] | None = None) -> dict[str, Any]:
         reader = self.readers.get(side)
@@ -765,7 +791,7 @@ class Verifier:
         p["docsComparedPerSecond"] = round(docs_per_s, 3)
         p["srcBytesComparedPerSecond"] = round(bytes_per_s / 2, 3)
         if generation > 0:
-            longest = next(self.doc_mismatch_lines(), None)
+            longest = self.longest_doc_mismatch()
             if longest is not None:
                 p["longestDocMismatch"] = longest
         p["totalRechecksDone"] = self.total_rechecks_done()
@@ -791,12 +817,29 @@ class Verifier:
         query: dict[str, Any] = {"generation": self.served_generation(), "category": "document"}
         if min_duration_s:
             query["durationMS"] = {"$gte": 1000 * min_duration_s}
-        # Equal durations (all of generation 0) are ordered by `_id` as the server sorts it, which
-        # the stored key bytes do not give (little-endian numbers, mixed types).
-        for _, group in itertools.groupby(self.mismatches.find(query).sort("durationMS", DESCENDING),
-                                          key=lambda m: m.get("durationMS")):
-            for m in sorted(group, key=lambda m: id_sort_key(bytes(m["key"]))):
-                yield from doc_mismatch_lines(m)
+        # `id` holds {_id: value} in raw BSON, so the server orders equal durations (all of
+        # generation 0) by `_id` as it sorts `_id`s; streamed, never held in memory.
+        for m in self.mismatches.find(query).sort([("durationMS", DESCENDING), ("id", ASCENDING)]):
+            yield from doc_mismatch_lines(m)
+
+    def longest_doc_mismatch(self) -> dict[str, Any] | None:
+        return next(self.doc_mismatch_lines(), None)
+
+    def doc_mismatch_counts(self, min_duration_s: int) -> dict[str, Any]:
+        """``summary.docMismatches``: the lines /docMismatches would serve, counted by the server."""
+        match: dict[str, Any] = {"generation": self.served_generation(), "category": "document"}
+        if min_duration_s:
+            match["durationMS"] = {"$gte": 1000 * min_duration_s}
+        groups = self.mismatches.aggregate([
+            {"$match": match},
+            {"$group": {"_id": {"type": "$type", "ns": "$namespace"}, "n": {"$sum": {"$ifNull": ["$lines", 1]}}}}])
+        by_type: dict[str, int] = {}
+        by_ns: dict[str, int] = {}
+        for g in groups:
+            n = int(g["n"])
+            by_type[g["_id"]["type"]] = by_type.get(g["_id"]["type"], 0) + n
+            by_ns[g["_id"]["ns"]] = by_ns.get(g["_id"]["ns"], 0) + n
+        return {"total": sum(by_type.values()), "byType": by_type, "byNamespace": by_ns}
 
     def ns_mismatches(self) -> Iterator[dict[str, Any]]:
         yield from self.mismatches.find({"generation": self.served_generation(), "category": "namespace"}).sort(
@@ -816,7 +859,7 @@ class Verifier:
             out["recentRecheckSecs"] = recent
         out["checkStats"] = check_stats
         out["nsMismatches"] = [ns_mismatch_info(m) for m in self.ns_mismatches()]
-        out["docMismatches"] = doc_mismatch_summary(self.doc_mismatch_lines(min_duration_s))
+        out["docMismatches"] = self.doc_mismatch_counts(min_duration_s)
         out["totalRechecksDone"] = self.total_rechecks_done()
         for side in ("src", "dst"):
             out[f"{side}ChangeEvents"] = self.change_stats(side)["eventCounts"]
@@ -863,6 +906,8 @@ def run_server(s: VerifySettings) -> int:
                               hint="choose another port with --port (0: any free port)")
             http.server.config.server_header = False  # ours names the API (migration-verifier/…)
             http.probe()  # a taken port fails before --clean forgets anything
+            if s.start:  # so does a selection that matches nothing
+                resolve_pairs(s, ends.src, ends.dst, ends.nsmap)
             verifier.load()
             http.start()
             log.info("Web server started.", extra={"port": _listening_port(http, s.port)})

@@ -293,8 +293,20 @@ def test_server_mode_checks_its_options_before_serving_or_forgetting(
     assert r.code == 2, r.text
     assert r.err.strip() == (f"error: cannot listen on 127.0.0.1:{port}: Address already in use — choose another "
                              "port with --port (0: any free port)")
+    r = run_verify("--src", src.uri, "--dst", dst.uri, "--port", str(free_port()), "--clean", "--start",
+                   "--include", "nope", timeout=60)
+    assert r.code == 2 and "--include 'nope' matches no namespace" in r.err
     with dst.client() as c:
         assert c.mongoferry_meta.verify_state.count_documents({}) == 1  # nothing forgotten
+
+    v = VerifierProcess(tmp_path, src, dst, "--include", "nope").start()  # the selection is read at /check
+    try:
+        r2 = v.post("/check")
+        assert r2.status_code == 400 and "--include 'nope' matches no namespace" in r2.json()["error"]
+        progress = v.http.get(v.base + "/progress").json()["progress"]
+        assert progress["phase"] == "idle" and "matches no namespace" in progress["error"]  # pollers see it too
+    finally:
+        v.close()
 
 
 # ---------------------------------------------------------------------------------------------- server mode
@@ -793,4 +805,28 @@ def test_generations_ages_order_and_change_stats(
     assert final["verificationStatus"]["failedTasks"] == 1
     assert sorted(m["_id"] for m in v.mismatches()) == sorted(ids)
     assert all(m["idType"] == "32-bit integer" for m in v.mismatches())
+    assert v.terminate() == 0
+
+
+def test_a_transaction_committed_just_before_writes_off_is_rechecked_whole(
+        servers: tuple[EmbeddedServer, EmbeddedServer], tmp_path: Path, verifiers: list[VerifierProcess]) -> None:
+    """All events of a transaction share its commit time, which can be the writes-off time
+    itself: the reader must not stop after the first of them."""
+    src, dst = servers
+    for server in servers:
+        with server.client() as c:
+            c.app.t.insert_many([{"_id": i, "v": 0} for i in range(4)])
+    v = VerifierProcess(tmp_path, src, dst, "--include", "app")
+    verifiers.append(v)
+    v.start()
+    assert v.post("/check").json() == {"success": True}
+    wait_for(lambda: v.progress()["generation"] >= 1, timeout=60)
+    with src.client() as c, c.start_session() as session, session.start_transaction():
+        for i in range(4):
+            c.app.t.update_one({"_id": i}, {"$set": {"v": 1}}, session=session)
+    with dst.client() as c:  # the "replicator" applied only the first document
+        c.app.t.update_one({"_id": 0}, {"$set": {"v": 1}})
+    final = v.finish()
+    assert final["verificationStatus"]["failedTasks"] >= 1
+    assert sorted(m["_id"] for m in v.mismatches()) == [1, 2, 3]
     assert v.terminate() == 0

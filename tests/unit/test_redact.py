@@ -73,6 +73,7 @@ def test_redact_uri_leaves_uri_without_password_alone(uri: str) -> None:
         ("mongodb://u@h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:s3cretTok",
          "s3cretTok"),
         ("mongodb://u:pw@h/?tls=true&tlsCertificateKeyFilePassword=s3cretKP&x=1", "s3cretKP"),
+        ("mongodb://app:it's\"PW@h/", "it's\"PW"),                   # quotes are valid password characters
     ],
 )
 def test_redact_uri_hides_malformed_passwords_and_secret_options(uri: str, secret: str) -> None:

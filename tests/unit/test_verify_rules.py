@@ -13,7 +13,6 @@ from bson import Decimal128, Int64, MaxKey, MinKey, ObjectId
 from mongoferry.compare import compare_shard_keys, doc_key_for_value, shard_keys_equal
 from mongoferry.namespaces import NamespaceMap
 from mongoferry.verify_api import (
-    doc_mismatch_summary,
     ns_mismatch_info,
     parse_index_spec_ignore,
     parse_min_duration,
@@ -189,14 +188,6 @@ def test_ns_mismatch_info_shapes() -> None:
     assert ns_mismatch_info(missing) == {"type": "missingOnDst", "namespace": "d.c", "aspect": "exist"}
 
 
-def test_doc_mismatch_summary_counts_lines() -> None:
-    lines = [{"type": "content", "namespace": "a.b"}, {"type": "content", "namespace": "a.b"},
-             {"type": "missingOnDst", "namespace": "a.c"}]
-    assert doc_mismatch_summary(lines) == {"total": 3, "byType": {"content": 2, "missingOnDst": 1},
-                                           "byNamespace": {"a.b": 2, "a.c": 1}}
-    assert doc_mismatch_summary([]) == {"total": 0, "byType": {}, "byNamespace": {}}
-
-
 # ---------------------------------------------------------------------------------------
 # Recheck queue: how long a document has differed
 # ---------------------------------------------------------------------------------------
@@ -246,3 +237,13 @@ def test_remaining_check_time() -> None:
     assert estimate_remaining(no_size, 50.0, 100.0) == 15.0                         # documents left / docs per s
     assert estimate_remaining(no_size, 0.0, 0.0) is None                            # no rate yet
     assert estimate_remaining({**stats, "docsCompared": 1000}, 0.0, 0.0) == 0.0     # all compared
+
+
+def test_resume_token_time_of_mongodb_tokens_only() -> None:
+    from mongoferry.verify_readers import token_timestamp
+
+    # KeyString: 0x82, then the timestamp's time and increment, big-endian (then the rest)
+    token = {"_data": "8265F0A1B2000000072B022C0100296E5A1004"}
+    assert token_timestamp(token) == bson.Timestamp(0x65F0A1B2, 7)
+    assert token_timestamp({"_data": "3b000000107300010000001174"}) is None  # another server's opaque token
+    assert token_timestamp(None) is None and token_timestamp({"_data": "82zz"}) is None
