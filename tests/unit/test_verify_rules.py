@@ -21,7 +21,7 @@ from mongoferry.verify_api import (
 from mongoferry.verify_findings import Pair, id_type
 from mongoferry.verify_keys import fast_id_key, id_sort_key, id_value, raw_id_in_filter, split_batch
 from mongoferry.verify_metadata import pair_for_new_namespace, source_of
-from mongoferry.verify_server import _merge_entry, mismatch_since
+from mongoferry.verify_tasks import merge_entry, mismatch_since
 
 # ---------------------------------------------------------------------------------------
 # `_id` sort order: the server's type brackets, numbers by value across types
@@ -205,8 +205,8 @@ def test_a_change_restarts_a_mismatch_age() -> None:
 
 def test_duplicate_queue_entries_merge_earliest_mismatch_and_latest_change() -> None:
     key = {"g": 2, "ns": "a.b", "k": b"\x10\x01\x00\x00\x00"}
-    assert _merge_entry({"_id": key, "dst": "a.b"}) is None
-    op = _merge_entry({"_id": key, "dst": "a.b", "first": T0, "changed": T1})
+    assert merge_entry({"_id": key, "dst": "a.b"}) is None
+    op = merge_entry({"_id": key, "dst": "a.b", "first": T0, "changed": T1})
     assert op is not None
     assert op._filter == {"_id": key}
     assert op._doc == {"$min": {"first": T0}, "$max": {"changed": T1}}
@@ -229,7 +229,7 @@ def test_long_values_are_cut_with_their_length() -> None:
 
 
 def test_remaining_check_time() -> None:
-    from mongoferry.verify_server import estimate_remaining
+    from mongoferry.verify_tasks import estimate_remaining
 
     stats = {"docsCompared": 250, "totalDocs": 1000, "srcBytesCompared": 2500, "totalSrcBytes": 10_000}
     assert estimate_remaining(stats, 50.0, 100.0) == 75.0                           # bytes left / bytes per s
