@@ -46,7 +46,7 @@ from mongoferry.state import Partition
 from mongoferry.verify_engine import Engine
 from mongoferry.verify_findings import DocFinding, Finding, NsFinding, Pair, Sink, describe_finding
 from mongoferry.verify_keys import id_sort_key
-from mongoferry.verify_metadata import NamespacePlan, compare_metadata, plan_ranges, resolve_pairs
+from mongoferry.verify_metadata import NamespacePlan, compare_metadata, plan_ranges, resolve_pairs, target_of
 
 __all__ = ["OneShot", "VerifySettings", "describe_finding", "run_check_only", "verify_command"]
 
@@ -213,10 +213,7 @@ class OneShot:
         self.started = time.monotonic()
 
     def target(self, ns: str) -> str | None:
-        explicit = {p.src_ns: p.dst_ns for p in self.pairs}
-        if self.s.src_namespace:
-            return explicit.get(ns)
-        return self.nsmap.target(ns)
+        return target_of(ns, self.pairs, self.s, self.nsmap)
 
     def run(self) -> ReportSink:
         self.pairs = resolve_pairs(self.s, self.engine.src, self.engine.dst, self.nsmap)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -55,6 +55,15 @@ def source_of(nsmap: NamespaceMap, dst_ns: str) -> str | None:
     if nsmap.selected(origin) and nsmap.target(origin) == dst_ns:
         return origin
     return None
+
+
+def target_of(ns: str, pairs: Sequence[Pair], s: VerifySettings, nsmap: NamespaceMap) -> str | None:
+    """Where a source namespace went (for a view's ``viewOn``): its pair's destination; with
+    explicit --src-namespace pairs, only those; otherwise the selection's renames."""
+    explicit = {p.src_ns: p.dst_ns for p in pairs}
+    if s.src_namespace:
+        return explicit.get(ns)
+    return explicit.get(ns) or nsmap.target(ns)
 
 
 def pair_for_new_namespace(nsmap: NamespaceMap, side: str, ns: str) -> Pair | None:

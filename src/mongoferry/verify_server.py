@@ -72,6 +72,7 @@ from mongoferry.verify_metadata import (
     pair_for_new_namespace,
     plan_ranges,
     resolve_pairs,
+    target_of,
 )
 from mongoferry.verify_readers import EVENT_KINDS, ChangeReader, writes_off_time
 from mongoferry.verify_tasks import Rate, TaskSink, estimate_remaining, merge_entry, mismatch_since
@@ -137,6 +138,7 @@ class Verifier:
         self.check_stop = threading.Event()  # the current check stops (failure or shutdown)
         self.run_over = threading.Event()  # the current check's driver has returned: workers leave
         self.gen0_cache: dict[str, Any] | None = None
+        self.not_adopted: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ persistence
     def fingerprint(self) -> dict[str, Any]:
@@ -178,11 +180,14 @@ class Verifier:
         covers it (not with explicit --src-namespace pairs), it becomes a pair. Both readers
         track it from now on, and a metadata recheck in the next generation compares it (and
         its documents, once both sides hold it)."""
-        if self.s.src_namespace or self.ends.nsmap.is_system(ns):
+        if self.s.src_namespace or (side, ns) in self.not_adopted or self.ends.nsmap.is_system(ns):
             return
         pair = pair_for_new_namespace(self.ends.nsmap, side, ns)
         with self.lock:
-            if pair is None or any(p.src_ns == pair.src_ns or p.dst_ns == pair.dst_ns for p in self.pairs):
+            if pair is None:
+                self.not_adopted.add((side, ns))  # outside the selection: do not ask again per event
+                return
+            if any(p.src_ns == pair.src_ns or p.dst_ns == pair.dst_ns for p in self.pairs):
                 return
             self.pairs.append(pair)
             for reader in self.readers.values():
@@ -558,10 +563,7 @@ class Verifier:
             self.tasks.insert_many(docs)
 
     def _target(self, ns: str) -> str | None:
-        explicit = {p.src_ns: p.dst_ns for p in self.pairs}
-        if self.s.src_namespace:
-            return explicit.get(ns)
-        return explicit.get(ns) or self.ends.nsmap.target(ns)
+        return target_of(ns, self.pairs, self.s, self.ends.nsmap)
 
     # ------------------------------------------------------------------ reporting
     def phase(self) -> str:
