@@ -25,6 +25,11 @@ from mongoferry.events import Position
 JOB_ID = "job"
 
 
+def utc_now() -> dt.datetime:
+    """The time stamps of the metadata database (timezone-aware UTC)."""
+    return dt.datetime.now(dt.UTC)
+
+
 @dataclass
 class Partition:
     id: str
@@ -96,10 +101,10 @@ class MetaStore:
     def _job_doc(self, job: Job) -> dict[str, Any]:
         return {"_id": JOB_ID, "kind": job.kind, "fingerprint": job.fingerprint, "state": job.state,
                 "namespaces": [{"src": s, "dst": d} for s, d in job.namespaces.items()],
-                "extra": job.extra, "updated": dt.datetime.now(dt.UTC)}
+                "extra": job.extra, "updated": utc_now()}
 
     def set_state(self, state: str, **extra: Any) -> None:
-        upd: dict[str, Any] = {"state": state, "updated": dt.datetime.now(dt.UTC)}
+        upd: dict[str, Any] = {"state": state, "updated": utc_now()}
         upd.update({f"extra.{k}": v for k, v in extra.items()})
         self.jobs.update_one({"_id": JOB_ID}, {"$set": upd})
 
@@ -109,7 +114,7 @@ class MetaStore:
     # --- capture positions ---
     def save_checkpoint(self, name: str, position: Position, **extra: Any) -> None:
         self.checkpoints.replace_one({"_id": name}, {"_id": name, "position": position.to_doc(), **extra,
-                                                     "saved": dt.datetime.now(dt.UTC)}, upsert=True)
+                                                     "saved": utc_now()}, upsert=True)
 
     def load_checkpoint(self, name: str) -> Position | None:
         d = self.checkpoints.find_one({"_id": name})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as dt
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ from pymongo.errors import OperationFailure
 from mongoferry.capture import HISTORY_LOST_CODES, current_time
 from mongoferry.clients import Client, connect
 from mongoferry.compare import id_key_from_raw_document
+from mongoferry.state import utc_now
 
 if TYPE_CHECKING:
     from mongoferry.verify_server import Verifier
@@ -30,10 +30,6 @@ READER_BATCH: Final = 500
 EVENT_KINDS: Final = ("insert", "update", "replace", "delete", "create", "modify", "createIndexes",
                       "dropIndexes", "shardCollection", "reshardCollection", "refineCollectionShardKey")
 CRUD: Final = frozenset({"insert", "update", "replace", "delete"})
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def writes_off_time(client: Client) -> Timestamp:
@@ -105,7 +101,7 @@ class ChangeReader:
         token = self.stream.resume_token
         self.verifier.states.replace_one({"_id": self.doc_id}, {
             "_id": self.doc_id, "ts": start, "token": dict(token) if token is not None else None,
-            "counts": self.counts, "saved": _now()}, upsert=True)
+            "counts": self.counts, "saved": utc_now()}, upsert=True)
         self.last_ts = start
 
     def open_saved(self) -> None:
@@ -250,10 +246,10 @@ class ChangeReader:
             generation = self.verifier.generation + 1
             if pending:
                 self.verifier.enqueue([(generation, ns, self.verifier.dst_of(ns), k, None) for ns, k in pending],
-                                      changed=_now())
+                                      changed=utc_now())
         self.verifier.states.update_one({"_id": self.doc_id}, {"$set": {
             "token": dict(token) if token is not None else None, "ts": self.last_ts, "counts": self.counts,
-            "saved": _now()}}, upsert=True)
+            "saved": utc_now()}}, upsert=True)
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -56,7 +56,7 @@ from mongoferry.errors import EXIT_OK, UsageError
 from mongoferry.redact import redact
 from mongoferry.runtime import Endpoints, open_endpoints, stop_on_signals
 from mongoferry.server import HttpServer
-from mongoferry.state import Partition
+from mongoferry.state import Partition, utc_now
 from mongoferry.verify_api import (
     doc_mismatch_lines,
     mismatch_to_json,
@@ -90,10 +90,6 @@ TASK_ATTEMPTS: Final = 5
 # Interrupted): the task is run again; the DDL itself is rechecked through the change streams.
 RETRY_CODES: Final = frozenset({26, 43, 175, 11601})
 STATUSES: Final = ("added", "processing", "failed", "completed", "mismatch")
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _hosts(uri: str | None) -> list[str]:
@@ -252,7 +248,7 @@ class Verifier:
                             generation=0, built=-1, final=False, writesOff=False, error=None,
                             filter=json_util.dumps(filt, json_options=json_util.CANONICAL_JSON_OPTIONS)
                             if filt else None,
-                            pairs=[{"src": p.src_ns, "dst": p.dst_ns} for p in pairs], startedAt=_now())
+                            pairs=[{"src": p.src_ns, "dst": p.dst_ns} for p in pairs], startedAt=utc_now())
             self._launch(fresh=True)
         log.info("verification started", extra={"namespaces": len(pairs), "filter": bool(filt)})
 
@@ -357,7 +353,7 @@ class Verifier:
                     return
                 self._mark_generation(self.generation, "end")
                 if self.final:
-                    self.save_state(running=False, done=True, finishedAt=_now())
+                    self.save_state(running=False, done=True, finishedAt=utc_now())
                     log.info("verification finished", extra=self.verdict())
                     return
                 if not self._await_next():
@@ -405,7 +401,7 @@ class Verifier:
     def _mark_generation(self, generation: int, which: str) -> None:
         """Record when a generation started or ended (``recentRecheckSecs``); the first mark wins,
         so a restart does not shorten a generation."""
-        self.states.update_one({"_id": GENERATIONS_ID}, {"$min": {f"g{generation}.{which}": _now()}}, upsert=True)
+        self.states.update_one({"_id": GENERATIONS_ID}, {"$min": {f"g{generation}.{which}": utc_now()}}, upsert=True)
 
     def recent_recheck_secs(self) -> list[float]:
         """Durations of the last (up to 10) finished recheck generations."""
@@ -422,7 +418,7 @@ class Verifier:
         build interrupted by a restart is redone from scratch, findings included."""
         self.tasks.delete_many({"generation": generation})
         self.mismatches.delete_many({"generation": generation})
-        now = _now()
+        now = utc_now()
         if generation == 0:
             tasks = [{"generation": 0, "type": "verifyCollection", "status": "added", "ns": p.src_ns,
                       "dstNs": p.dst_ns, "created": now, "attempts": 0} for p in self.pairs]
@@ -474,7 +470,7 @@ class Verifier:
             try:
                 task = self.tasks.find_one_and_update(
                     {"generation": self.generation, "status": "added"},
-                    {"$set": {"status": "processing", "began": _now()}, "$inc": {"attempts": 1}},
+                    {"$set": {"status": "processing", "began": utc_now()}, "$inc": {"attempts": 1}},
                     sort=[("type", ASCENDING)], return_document=ReturnDocument.AFTER)
             except PyMongoError as exc:
                 log.warning("cannot claim a task", extra={"error": str(exc)})
@@ -538,7 +534,7 @@ class Verifier:
             if self._halted():
                 return  # left `processing`: a restart redoes it
             sink.flush()
-            update.update(status=status, finished=_now(), src_docs=sink.src_docs, dst_docs=sink.dst_docs,
+            update.update(status=status, finished=utc_now(), src_docs=sink.src_docs, dst_docs=sink.dst_docs,
                           src_bytes=sink.src_bytes, dst_bytes=sink.dst_bytes, findings=sink.findings)
             self.tasks.update_one({"_id": task["_id"]}, {"$set": update})
         finally:
@@ -552,7 +548,7 @@ class Verifier:
                                    "ns": data.src_ns, "dstNs": data.dst_ns, "kind": "range",
                                    "parent": parent["_id"], "parentNs": parent["ns"], "hint": hint,
                                    "confirm": confirm,
-                                   "hasLower": rng.has_lower, "hasUpper": rng.has_upper, "created": _now(),
+                                   "hasLower": rng.has_lower, "hasUpper": rng.has_upper, "created": utc_now(),
                                    "attempts": 0}
             if rng.has_lower:
                 doc["lower"] = rng.lower

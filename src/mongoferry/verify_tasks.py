@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 from bson import Binary
 from pymongo import UpdateOne
 
+from mongoferry.state import utc_now
 from mongoferry.verify_findings import DocFinding, NsFinding, Pair, Sink, diff_to_json
 from mongoferry.verify_keys import raw_id_document
 
@@ -22,10 +23,6 @@ if TYPE_CHECKING:
     from mongoferry.verify_server import Verifier
 
 FLUSH_FINDINGS: Final = 200
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def merge_entry(doc: Mapping[str, Any]) -> UpdateOne | None:
@@ -78,7 +75,7 @@ class TaskSink(Sink):
         self.findings = 0
 
     def _base(self, finding: DocFinding | NsFinding, first: dt.datetime) -> dict[str, Any]:
-        now = _now()
+        now = utc_now()
         if first.tzinfo is None:
             first = first.replace(tzinfo=dt.UTC)
         return {"generation": self.generation, "taskId": self.task["_id"], "taskType": self.task["type"],
@@ -86,7 +83,7 @@ class TaskSink(Sink):
                 "first": first, "durationMS": int((now - first).total_seconds() * 1000)}
 
     def doc(self, finding: DocFinding) -> None:
-        first = self.firsts.get(finding.key) or _now()
+        first = self.firsts.get(finding.key) or utc_now()
         doc = self._base(finding, first)
         doc.update(category="document", key=Binary(finding.key), id=raw_id_document(finding.key),
                    lines=len({d.top_field for d in finding.diffs}) or 1,  # DocMismatchInfo lines it makes
@@ -101,7 +98,7 @@ class TaskSink(Sink):
             self.flush()
 
     def namespace(self, finding: NsFinding) -> None:
-        doc = self._base(finding, _now())
+        doc = self._base(finding, utc_now())
         doc.update(category="namespace", aspect=finding.aspect, component=finding.component, detail=finding.detail)
         with self.lock:
             self.findings += 1
