@@ -62,8 +62,9 @@ def run_guarded(fn: Callable[[], int]) -> None:
     sys.exit(code)
 
 
-def env_help(text: str, name: str) -> str:
-    return f"{text} [env: MONGOFERRY_{name.upper()}]"
+def env_help(text: str, name: str, also: str | None = None) -> str:
+    """Help text naming the option's environment variable (and ``also``, another one it reads)."""
+    return f"{text} [env: MONGOFERRY_{name.upper()}" + (f", {also}]" if also else "]")
 
 
 def common_options(fn: F) -> F:

@@ -42,7 +42,7 @@ import click
 from bson import json_util
 from bson.timestamp import Timestamp
 
-from mongoferry.cli_support import given, run_guarded
+from mongoferry.cli_support import env_help, given, run_guarded
 from mongoferry.config import load_settings
 from mongoferry.errors import EXIT_OK, ConnectError, MongoferryError, UsageError
 from mongoferry.publish_redis_readers import ChangeStreamReader, HistoryLost, OplogReader, StartPoint
@@ -407,48 +407,45 @@ def configure_logging(settings: PublishRedisSettings) -> None:
     setup_logging("json" if fmt == "json" else "text", "critical" if settings.quiet else settings.log_level)
 
 
-def _env(text: str, name: str, otr: str | None = None) -> str:
-    return f"{text} [env: MONGOFERRY_{name.upper()}" + (f", {otr}]" if otr else "]")
-
-
 @click.command("publish-redis", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--mongo-url", "--src", "mongo_url", metavar="URI",
-              help=_env("MongoDB connection string (mongos or replica set).", "mongo_url", "OTR_MONGO_URL"))
+              help=env_help("MongoDB connection string (mongos or replica set).", "mongo_url", "OTR_MONGO_URL"))
 @click.option("--redis-url", metavar="URL[,URL...]",
-              help=_env("Redis URL(s), comma-separated; each gets every message. redis://, rediss:// or "
+              help=env_help("Redis URL(s), comma-separated; each gets every message. redis://, rediss:// or "
                         "redis-sentinel://.", "redis_url", "OTR_REDIS_URL"))
 @click.option("--http", metavar="HOST:PORT",
-              help=_env("Serve /healthz and /metrics here, or 'off' (default 127.0.0.1:9000).", "http",
+              help=env_help("Serve /healthz and /metrics here, or 'off' (default 127.0.0.1:9000).", "http",
                         "OTR_HTTP_SERVER_ADDR"))
 @click.option("--capture", type=click.Choice(["change-stream", "oplog"]),
-              help=_env("Change streams (default; works through mongos) or tailing local.oplog.rs.", "capture"))
+              help=env_help("Change streams (default; works through mongos) or tailing local.oplog.rs.", "capture"))
 @click.option("--max-catch-up", "max_catch_up_s", metavar="DURATION",
-              help=_env("Resume only from a stored position younger than this (default 120s; seconds or Go "
+              help=env_help("Resume only from a stored position younger than this (default 120s; seconds or Go "
                         "duration).", "max_catch_up_s", "OTR_MAX_CATCH_UP"))
 @click.option("--dedupe-ttl", "dedupe_ttl_s", metavar="DURATION",
-              help=_env("Lifetime of the dedupe keys (default 150s).", "dedupe_ttl_s", "OTR_REDIS_DEDUPE_EXPIRATION"))
-@click.option("--metadata-prefix", help=_env("Prefix of the dedupe and position keys (default oplogtoredis::).",
+              help=env_help("Lifetime of the dedupe keys (default 150s).", "dedupe_ttl_s",
+                            "OTR_REDIS_DEDUPE_EXPIRATION"))
+@click.option("--metadata-prefix", help=env_help("Prefix of the dedupe and position keys (default oplogtoredis::).",
                                              "metadata_prefix", "OTR_REDIS_METADATA_PREFIX"))
 @click.option("--deep-fields/--no-deep-fields", default=None,
-              help=_env("List dotted changed paths, not top-level names.", "deep_fields",
+              help=env_help("List dotted changed paths, not top-level names.", "deep_fields",
                         "OTR_OPLOG_V2_EXTRACT_SUBFIELD_CHANGES"))
 @click.option("--meteor-ids/--no-meteor-ids", default=None,
-              help=_env("Name per-document channels with Meteor's MongoID.idStringify (and publish numeric ids).",
+              help=env_help("Name per-document channels with Meteor's MongoID.idStringify (and publish numeric ids).",
                         "meteor_ids"))
 @click.option("--flush-interval", "flush_interval_s", metavar="DURATION",
-              help=_env("How often the position is stored (default 1s).", "flush_interval_s",
+              help=env_help("How often the position is stored (default 1s).", "flush_interval_s",
                         "OTR_TIMESTAMP_FLUSH_INTERVAL"))
 @click.option("--batch-size", type=int,
-              help=_env("Most publications per script call (default 100).", "batch_size", "OTR_REDIS_BATCH_SIZE"))
+              help=env_help("Most publications per script call (default 100).", "batch_size", "OTR_REDIS_BATCH_SIZE"))
 @click.option("--connect-timeout", metavar="SECONDS",
-              help=_env("Seconds to wait for each server (default 10).", "connect_timeout",
+              help=env_help("Seconds to wait for each server (default 10).", "connect_timeout",
                         "OTR_MONGO_CONNECT_TIMEOUT"))
 @click.option("--config", type=click.Path(dir_okay=False), help="YAML file of options (lowest precedence).")
 @click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text"]),
-              help=_env("Log style (default json).", "log_format"))
+              help=env_help("Log style (default json).", "log_format"))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              help=_env("Log level (default info).", "log_level", "OTR_LOG_DEBUG"))
-@click.option("--quiet", is_flag=True, default=None, help=_env("Log nothing.", "quiet", "OTR_LOG_QUIET"))
+              help=env_help("Log level (default info).", "log_level", "OTR_LOG_DEBUG"))
+@click.option("--quiet", is_flag=True, default=None, help=env_help("Log nothing.", "quiet", "OTR_LOG_QUIET"))
 @click.pass_context
 def publish_redis_command(ctx: click.Context, /, **values: Any) -> None:
     """Publish every insert, update, replace and delete to Redis for Meteor's redis-oplog,
