@@ -77,12 +77,16 @@ def doc_mismatch_lines(m: Mapping[str, Any]) -> list[dict[str, Any]]:
 MAX_UINT32: Final = 2**32 - 1
 
 
+class BadParameter(ValueError):
+    """A query parameter the client got wrong: answered 400 ``{"error": …}``."""
+
+
 def parse_min_duration(value: str | None) -> int:
     """``?minDurationSecs=``: a uint32 (absent or empty: 0)."""
     if value is None or value == "":
         return 0
     if not value.isdigit() or int(value) > MAX_UINT32:
-        raise ValueError(f"invalid `minDurationSecs`: {value!r} is not a whole number of seconds "
+        raise BadParameter(f"invalid `minDurationSecs`: {value!r} is not a whole number of seconds "
                          f"from 0 to {MAX_UINT32}")
     return int(value)
 
@@ -92,7 +96,7 @@ def parse_index_spec_ignore(values: Iterable[str]) -> frozenset[str]:
     names = [n.strip() for item in values for n in item.split(",") if n.strip()]
     bad = [n for n in names if n not in INDEX_SPEC_TOLERANCES]
     if bad:
-        raise ValueError("invalid `indexSpecIgnore`: [" + ", ".join(f"`{b}`" for b in bad) + "] (allowed: "
+        raise BadParameter("invalid `indexSpecIgnore`: [" + ", ".join(f"`{b}`" for b in bad) + "] (allowed: "
                          + ", ".join(sorted(INDEX_SPEC_TOLERANCES)) + ")")
     return frozenset(names)
 
@@ -174,28 +178,19 @@ def verifier_app(v: Verifier) -> Starlette:
         return JSONResponse({"success": True})
 
     async def progress(request: Request) -> JSONResponse:
-        try:
-            return JSONResponse(await run_in_threadpool(v.progress))
-        except PyMongoError as exc:
-            return JSONResponse({"error": redact(str(exc))})
+        return JSONResponse(await run_in_threadpool(v.progress))
 
     def _generation(request: Request) -> int | None:
         value = request.query_params.get("generation")
         if value is None:
             return None
         if not value.isdigit():
-            raise ValueError("invalid `generation`")
+            raise BadParameter("invalid `generation`")
         return int(value)
 
     async def mismatches(request: Request) -> JSONResponse:
-        try:
-            generation = _generation(request)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, 400)
-        try:
-            return JSONResponse(await run_in_threadpool(v.mismatch_items, generation))
-        except PyMongoError as exc:
-            return JSONResponse({"error": redact(str(exc))})
+        generation = _generation(request)
+        return JSONResponse(await run_in_threadpool(v.mismatch_items, generation))
 
     def _ndjson(rows: Callable[[], Iterable[dict[str, Any]]]) -> StreamingResponse:
         trace = str(uuid.uuid4())
@@ -212,28 +207,23 @@ def verifier_app(v: Verifier) -> Starlette:
                                  headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
 
     async def doc_mismatches(request: Request) -> Response:
-        try:
-            min_s = parse_min_duration(request.query_params.get("minDurationSecs"))
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, 400)
+        min_s = parse_min_duration(request.query_params.get("minDurationSecs"))
         return _ndjson(lambda: v.doc_mismatch_lines(min_s))
 
     async def ns_mismatches(request: Request) -> Response:
-        try:
-            tolerances = parse_index_spec_ignore(request.query_params.getlist("indexSpecIgnore"))
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, 400)
+        tolerances = parse_index_spec_ignore(request.query_params.getlist("indexSpecIgnore"))
         return _ndjson(lambda: (ns_mismatch_info(m) for m in v.ns_mismatches() if not tolerated(m, tolerances)))
 
     async def summary(request: Request) -> JSONResponse:
-        try:
-            min_s = parse_min_duration(request.query_params.get("minDurationSecs"))
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, 400)
-        try:
-            return JSONResponse(await run_in_threadpool(v.summary, min_s))
-        except PyMongoError as exc:
-            return JSONResponse({"error": redact(str(exc))})
+        min_s = parse_min_duration(request.query_params.get("minDurationSecs"))
+        return JSONResponse(await run_in_threadpool(v.summary, min_s))
+
+    async def bad_parameter(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": str(exc)}, 400)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # as migration-verifier: 200 with the error (a script polling /progress sees it)
+        return JSONResponse({"error": redact(str(exc))})
 
     app = Starlette(routes=[
         Route("/api/v1/check", check, methods=["POST"]),
@@ -243,7 +233,7 @@ def verifier_app(v: Verifier) -> Starlette:
         Route("/api/v1/summary", summary, methods=["GET"]),
         Route("/api/v1/docMismatches", doc_mismatches, methods=["GET"]),
         Route("/api/v1/nsMismatches", ns_mismatches, methods=["GET"]),
-    ])
+    ], exception_handlers={BadParameter: bad_parameter, PyMongoError: server_error})
     app.add_middleware(_Headers)
     return app
 

@@ -247,3 +247,30 @@ def test_resume_token_time_of_mongodb_tokens_only() -> None:
     assert token_timestamp(token) == bson.Timestamp(0x65F0A1B2, 7)
     assert token_timestamp({"_data": "3b000000107300010000001174"}) is None  # another server's opaque token
     assert token_timestamp(None) is None and token_timestamp({"_data": "82zz"}) is None
+
+
+def test_api_answers_bad_parameters_400_and_server_errors_200_redacted() -> None:
+    import asyncio
+    from typing import cast
+
+    import httpx
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    from mongoferry.verify_api import verifier_app
+    from mongoferry.verify_server import Verifier
+
+    class Unreachable:
+        def progress(self) -> dict[str, Any]:
+            raise ServerSelectionTimeoutError("no server at mongodb://u:s3cret@h:1/")
+
+    async def ask(*paths: str) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=verifier_app(cast(Verifier, Unreachable())))
+        async with httpx.AsyncClient(transport=transport, base_url="http://verifier") as client:
+            return [await client.get(path) for path in paths]
+
+    progress, summary, mismatches = asyncio.run(ask(
+        "/api/v1/progress", "/api/v1/summary?minDurationSecs=-1", "/api/v1/mismatches?generation=x"))
+    assert progress.status_code == 200 and progress.json() == {"error": "no server at mongodb://u:***@h:1/"}
+    assert summary.status_code == 400 and summary.json()["error"].startswith("invalid `minDurationSecs`")
+    assert mismatches.status_code == 400 and mismatches.json() == {"error": "invalid `generation`"}
+    assert progress.headers["server"].startswith("migration-verifier/")
