@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +286,16 @@ def msg(event: str, id_json: str, *fields: str) -> bytes:
 def both(ns: str, suffix: str, message: bytes) -> list[Pair]:
     """The two publications of one write: collection channel, then the document channel."""
     return [(ns.encode(), message), (f"{ns}::{suffix}".encode(), message)]
+
+
+def insert_ids(client: Any, ns: str, ids: Iterable[str]) -> list[Pair]:
+    """Insert ``{_id: id}`` documents one by one; the publications they must give."""
+    db, coll = ns.split(".", 1)
+    expected: list[Pair] = []
+    for doc_id in ids:
+        client[db][coll].insert_one({"_id": doc_id})
+        expected += both(ns, doc_id, msg("i", f'"{doc_id}"', "_id"))
+    return expected
 
 
 def by_channel(pairs: list[Pair]) -> dict[bytes, list[bytes]]:
@@ -575,9 +585,7 @@ def test_sigkill_then_restart_publishes_everything_once(mongo: EmbeddedServer, r
     expected: list[Pair] = []
 
     def write(c: Any, first: int, last: int, txn: bool = False) -> None:
-        for i in range(first, last):
-            c.crash.docs.insert_one({"_id": f"k{i}"})
-            expected.extend(both("crash.docs", f"k{i}", msg("i", f'"k{i}"', "_id")))
+        expected.extend(insert_ids(c, "crash.docs", (f"k{i}" for i in range(first, last))))
         if txn:
             with c.start_session() as session, session.start_transaction():
                 for i in range(first, last):
@@ -614,14 +622,10 @@ def test_redis_down_then_back_loses_nothing(mongo: EmbeddedServer, redis_server:
     p = publisher(tmp_path, cleanup, "--mongo-url", mongo.uri, "--redis-url", redis_server.url)
     expected: list[Pair] = []
     with mongo.client() as c:
-        for i in range(5):
-            c.outage.docs.insert_one({"_id": f"a{i}"})
-            expected += both("outage.docs", f"a{i}", msg("i", f'"a{i}"', "_id"))
+        expected += insert_ids(c, "outage.docs", (f"a{i}" for i in range(5)))
         barrier(mongo, sub)
         redis_server.stop()
-        for i in range(5):
-            c.outage.docs.insert_one({"_id": f"b{i}"})
-            expected += both("outage.docs", f"b{i}", msg("i", f'"b{i}"', "_id"))
+        expected += insert_ids(c, "outage.docs", (f"b{i}" for i in range(5)))
         with c.start_session() as session, session.start_transaction():
             c.outage.docs.delete_one({"_id": "a0"}, session=session)
             c.outage.docs.update_one({"_id": "a1"}, {"$set": {"x": 1}}, session=session)
@@ -657,9 +661,7 @@ def test_mongodb_restart_is_resumed(tmp_path: Path, redis_server: RedisServer, c
                   "--connect-timeout", "1")
     expected: list[Pair] = []
     with mongo.client() as c:
-        for i in range(5):
-            c.restart.docs.insert_one({"_id": f"a{i}"})
-            expected += both("restart.docs", f"a{i}", msg("i", f'"a{i}"', "_id"))
+        expected += insert_ids(c, "restart.docs", (f"a{i}" for i in range(5)))
     barrier(mongo, sub)
     mongo.kill()
     health = p.get("/healthz")
@@ -667,9 +669,7 @@ def test_mongodb_restart_is_resumed(tmp_path: Path, redis_server: RedisServer, c
     wait_for(lambda: any("lost MongoDB" in line["msg"] for line in p.lines()), timeout=15)
     mongo.start()
     with mongo.client() as c:
-        for i in range(5):
-            c.restart.docs.insert_one({"_id": f"b{i}"})
-            expected += both("restart.docs", f"b{i}", msg("i", f'"b{i}"', "_id"))
+        expected += insert_ids(c, "restart.docs", (f"b{i}" for i in range(5)))
     barrier(mongo, sub)
     assert_once_each(sub.messages(), expected)
     assert p.get("/healthz").status_code == 200
