@@ -43,6 +43,7 @@ from bson.int64 import Int64
 
 __all__ = [
     "BSON_TYPE_NAMES",
+    "FIXED_SIZES",
     "INDEX_SPEC_TOLERANCES",
     "CompareMode",
     "FieldDiff",
@@ -56,6 +57,7 @@ __all__ = [
     "doc_key_for_value",
     "id_key_from_raw_document",
     "index_patch_suppressed",
+    "iter_elements",
     "mismatch_detail",
     "normalize_index_spec",
     "pairing_key",
@@ -117,6 +119,7 @@ _FIXED_SIZES: Final[Mapping[int, int]] = MappingProxyType(
     {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16,
      0xFF: 0, 0x7F: 0}
 )
+FIXED_SIZES: Final = _FIXED_SIZES
 _STRING_LIKE: Final = frozenset({_T_STRING, _T_JAVASCRIPT, _T_SYMBOL})
 _INT32: Final = struct.Struct("<i")
 
@@ -212,6 +215,11 @@ def _iter_elements(data: bytes, off: int, limit: int) -> Iterator[_Elem]:
         pos = value_end
     if pos != stop:
         raise InvalidBSON(f"BSON document at offset {off} overruns its length")
+
+
+def iter_elements(data: bytes, off: int = 0) -> Iterator[_Elem]:
+    """The elements (type, name, value span) of the (sub)document at ``off``, framing validated."""
+    return _iter_elements(data, off, len(data))
 
 
 def _top_elements(data: bytes) -> Iterator[_Elem]:

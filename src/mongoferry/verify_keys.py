@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
@@ -16,7 +16,7 @@ from bson.decimal128 import Decimal128
 from bson.raw_bson import RawBSONDocument
 
 from mongoferry.clients import DECODED, RAW
-from mongoferry.compare import id_key_from_raw_document
+from mongoferry.compare import FIXED_SIZES, id_key_from_raw_document, iter_elements
 
 #: Longest display text of a value (relaxed extended JSON) before it is cut.
 MAX_VALUE_TEXT: Final = 512
@@ -26,49 +26,17 @@ _INT64: Final = struct.Struct("<q")
 _UINT64: Final = struct.Struct("<Q")
 _DOUBLE: Final = struct.Struct("<d")
 
-_FIXED: Final[Mapping[int, int]] = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4,
-                                    0x11: 8, 0x12: 8, 0x13: 16, 0xFF: 0, 0x7F: 0}
 # The server's canonical type order (BSON "type brackets").
 _CANON: Final[Mapping[int, int]] = {0xFF: -1, 0x06: 0, 0x0A: 5, 0x01: 10, 0x10: 10, 0x12: 10, 0x13: 10,
                                     0x02: 15, 0x0E: 15, 0x03: 20, 0x04: 25, 0x05: 30, 0x07: 35, 0x08: 40,
                                     0x09: 45, 0x11: 47, 0x0B: 50, 0x0C: 55, 0x0D: 60, 0x0F: 65, 0x7F: 127}
 
 
-def _value_end(data: bytes, btype: int, pos: int) -> int:
-    size = _FIXED.get(btype)
-    if size is not None:
-        return pos + size
-    length = int(_INT32.unpack_from(data, pos)[0]) if btype != 0x0B else 0
-    if btype in (0x02, 0x0D, 0x0E):
-        return pos + 4 + length
-    if btype in (0x03, 0x04, 0x0F):
-        return pos + length
-    if btype == 0x05:
-        return pos + 5 + length
-    if btype == 0x0B:
-        return data.index(b"\x00", data.index(b"\x00", pos) + 1) + 1
-    if btype == 0x0C:
-        return pos + 4 + length + 12
-    raise ValueError(f"unknown BSON type 0x{btype:02x}")
-
-
-def _elements(data: bytes, off: int) -> Iterator[tuple[int, bytes, int, int]]:
-    """(type, name, value start, value end) of the (sub)document whose length sits at off."""
-    stop = off + _INT32.unpack_from(data, off)[0] - 1
-    pos = off + 4
-    while pos < stop:
-        btype = data[pos]
-        nul = data.index(b"\x00", pos + 1)
-        end = _value_end(data, btype, nul + 1)
-        yield btype, data[pos + 1: nul], nul + 1, end
-        pos = end
-
-
 def fast_id_key(raw: bytes) -> bytes:
     """:func:`compare.id_key_from_raw_document`, without a walk when ``_id`` comes first."""
     if raw[5:9] == b"_id\x00":
         btype = raw[4]
-        size = _FIXED.get(btype)
+        size = FIXED_SIZES.get(btype)
         if size is not None:
             return raw[4:5] + raw[9: 9 + size]
         if btype == 0x02:
@@ -96,7 +64,7 @@ def _value_sort_key(btype: int, data: bytes, start: int, end: int) -> Any:
         return data[start + 4: end - 1]
     if btype in (0x03, 0x04):
         return tuple((_CANON.get(t, 200), name, _value_sort_key(t, data, s, e))
-                     for t, name, s, e in _elements(data, start))
+                     for t, name, s, e in iter_elements(data, start))
     if btype == 0x05:
         return (_INT32.unpack_from(data, start)[0], data[start + 4], data[start + 5: end])
     if btype == 0x08:
