@@ -43,6 +43,7 @@ from bson.int64 import Int64
 
 __all__ = [
     "BSON_TYPE_NAMES",
+    "DISPLAY_CODEC",
     "FIXED_SIZES",
     "INDEX_SPEC_TOLERANCES",
     "CompareMode",
@@ -126,7 +127,7 @@ _INT32: Final = struct.Struct("<i")
 # Deeper than any server accepts (MongoDB stores at most 100 levels); guards recursion.
 _MAX_DEPTH: Final = 400
 
-_DISPLAY_CODEC: Final[CodecOptions[dict[str, Any]]] = CodecOptions(
+DISPLAY_CODEC: Final[CodecOptions[dict[str, Any]]] = CodecOptions(
     document_class=dict,
     tz_aware=True,
     unicode_decode_error_handler="replace",
@@ -234,7 +235,7 @@ def _decode_value(data: bytes, btype: int, start: int, end: int) -> Any:
     body = bytes((btype,)) + b"v\x00" + data[start:end]
     wrapped = _INT32.pack(len(body) + 5) + body + b"\x00"
     try:
-        return bson.decode(wrapped, codec_options=_DISPLAY_CODEC)["v"]
+        return bson.decode(wrapped, codec_options=DISPLAY_CODEC)["v"]
     except (InvalidBSON, ValueError, OverflowError):
         return data[start:end]
 

@@ -11,12 +11,11 @@ from typing import Any, Final
 
 import bson
 from bson import json_util
-from bson.codec_options import CodecOptions
 from bson.decimal128 import Decimal128
 from bson.raw_bson import RawBSONDocument
 
-from mongoferry.clients import DECODED, RAW
-from mongoferry.compare import FIXED_SIZES, id_key_from_raw_document, iter_elements
+from mongoferry.clients import RAW
+from mongoferry.compare import DISPLAY_CODEC, FIXED_SIZES, id_key_from_raw_document, iter_elements
 
 #: Longest display text of a value (relaxed extended JSON) before it is cut.
 MAX_VALUE_TEXT: Final = 512
@@ -109,13 +108,9 @@ def raw_id_document(key: bytes) -> RawBSONDocument:
 def id_value(key: bytes) -> Any:
     """The ``_id`` value of a pairing key, decoded for display."""
     try:
-        return bson.decode(_document(_element(key, b"_id")), codec_options=_DISPLAY)["_id"]
+        return bson.decode(_document(_element(key, b"_id")), codec_options=DISPLAY_CODEC)["_id"]
     except Exception:  # an odd value must not stop a report
         return {"$binary": key.hex()}
-
-
-_DISPLAY: Final[CodecOptions[dict[str, Any]]] = DECODED.with_options(tz_aware=True,
-                                                                     unicode_decode_error_handler="replace")
 
 
 def to_json_value(value: Any, limit: int = MAX_VALUE_TEXT) -> Any:
