@@ -38,13 +38,12 @@ import click
 
 from mongoferry.cli_support import F, common_options, connection_options, env_help, run_guarded, settings_from
 from mongoferry.clients import Client, driver_errors
-from mongoferry.compare import index_patch_suppressed
 from mongoferry.config import VerifySettings
 from mongoferry.errors import EXIT_INCONSISTENT, EXIT_OK, UsageError
 from mongoferry.namespaces import NamespaceMap
 from mongoferry.state import Partition
 from mongoferry.verify_engine import Engine
-from mongoferry.verify_findings import DocFinding, Finding, NsFinding, Pair, Sink, describe_finding
+from mongoferry.verify_findings import DocFinding, Finding, NsFinding, Pair, Sink, describe_finding, tolerated
 from mongoferry.verify_keys import id_sort_key
 from mongoferry.verify_metadata import NamespacePlan, compare_metadata, plan_ranges, resolve_pairs, target_of
 
@@ -115,8 +114,7 @@ class ReportSink(Sink):
         self._add((finding.ns, 1, id_sort_key(finding.key)), finding)
 
     def namespace(self, finding: NsFinding) -> None:
-        if (self.tolerances and finding.aspect == "index" and finding.type == "content"
-                and index_patch_suppressed(finding.detail or "", self.tolerances)):
+        if tolerated(finding.to_json(), self.tolerances):
             with self.lock:
                 self.tolerated += 1
             return

@@ -20,10 +20,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mongoferry import __version__
-from mongoferry.compare import INDEX_SPEC_TOLERANCES, index_patch_suppressed
+from mongoferry.compare import INDEX_SPEC_TOLERANCES
 from mongoferry.errors import MongoferryError
 from mongoferry.redact import redact
-from mongoferry.verify_findings import id_type
+from mongoferry.verify_findings import id_type, tolerated
 from mongoferry.verify_keys import id_value, to_json_value
 from mongoferry.verify_metadata import resolve_pairs
 
@@ -109,12 +109,6 @@ def ns_mismatch_info(m: Mapping[str, Any]) -> dict[str, Any]:
     if m.get("detail") is not None and m["type"] == "content":
         row["detail"] = m["detail"]
     return row
-
-
-def tolerated(m: Mapping[str, Any], tolerances: frozenset[str]) -> bool:
-    """An index difference that ``indexSpecIgnore`` suppresses (every patch path is tolerated)."""
-    return (bool(tolerances) and m.get("aspect") == "index" and m.get("type") == "content"
-            and index_patch_suppressed(str(m.get("detail") or ""), tolerances))
 
 
 # ======================================================================================

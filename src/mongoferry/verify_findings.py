@@ -4,6 +4,7 @@ sink interface the engine reports to."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -11,7 +12,7 @@ from bson import json_util
 from bson.codec_options import CodecOptions
 
 from mongoferry.clients import RAW, Client
-from mongoferry.compare import BSON_TYPE_NAMES, FieldDiff, mismatch_detail
+from mongoferry.compare import BSON_TYPE_NAMES, FieldDiff, index_patch_suppressed, mismatch_detail
 from mongoferry.namespaces import split_ns
 from mongoferry.verify_keys import id_value, to_json_value
 
@@ -85,6 +86,13 @@ _NUMBER_TYPES: Final = frozenset({b"\x01", b"\x10", b"\x12", b"\x13"})
 def id_type(key: bytes) -> str:
     """The BSON type name of a pairing key's ``_id`` (relaxed JSON shows int32 and int64 alike)."""
     return BSON_TYPE_NAMES.get(key[0], f"type 0x{key[0]:02x}") if key else "missing"
+
+
+def tolerated(m: Mapping[str, Any], tolerances: frozenset[str]) -> bool:
+    """An index difference (a stored finding or :meth:`NsFinding.to_json`) that ``indexSpecIgnore`` /
+    ``--index-spec-ignore`` suppress (every patch path is tolerated)."""
+    return (bool(tolerances) and m.get("aspect") == "index" and m.get("type") == "content"
+            and index_patch_suppressed(str(m.get("detail") or ""), tolerances))
 
 
 def diff_to_json(d: FieldDiff) -> dict[str, Any]:

@@ -16,9 +16,8 @@ from mongoferry.verify_api import (
     ns_mismatch_info,
     parse_index_spec_ignore,
     parse_min_duration,
-    tolerated,
 )
-from mongoferry.verify_findings import Pair, id_type
+from mongoferry.verify_findings import Pair, id_type, tolerated
 from mongoferry.verify_keys import fast_id_key, id_sort_key, id_value, raw_id_in_filter, split_batch
 from mongoferry.verify_metadata import pair_for_new_namespace, source_of
 from mongoferry.verify_tasks import merge_entry, mismatch_since
