@@ -1,18 +1,30 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
-PYTHON ?= python3
-VENV   := .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# Every Python package (the tool, the test server, the test and lint tools) comes from uv.lock,
+# so a new release upstream never changes what a fresh checkout installs. `make lock` upgrades.
+PYTHON     ?= python3
+UV_VERSION := 0.13.9
+TOOLS      := .tools
+UV         := $(TOOLS)/bin/uv
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
 
-.PHONY: demo test install redis lint unit integration bench clean
+.PHONY: demo test install redis lint unit integration bench lock clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+# uv itself, pinned, in a venv of its own (pip is the only thing a fresh machine has).
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check --only-binary :all: uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --quiet --frozen --extra test --python $(PYTHON)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve every dependency to its newest allowed version and rewrite uv.lock; review, test, commit.
+lock: | $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
 
 # redis-server from Debian's packages, only when it is missing.
 redis:
@@ -38,4 +50,4 @@ bench: install
 	$(PY) bench/copy.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

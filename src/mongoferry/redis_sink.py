@@ -149,9 +149,9 @@ def open_redis(target: RedisTarget, timeout_s: float, *, retries: int = 1) -> Re
             addresses = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in hosts.split(",")]
             db = int(parts.path.lstrip("/") or 0)
             master = parse_qs(parts.query)["sentinelMasterId"][0]
-            sentinel = Sentinel(addresses, socket_timeout=timeout_s,  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(addresses, socket_timeout=timeout_s,
                                 socket_connect_timeout=timeout_s)
-            client: RedisClient = sentinel.master_for(master, password=password, db=db,  # type: ignore[no-untyped-call]
+            client: RedisClient = sentinel.master_for(master, password=password, db=db,
                                                       **common)
             return client
         if parts.scheme == "rediss":
