@@ -28,14 +28,14 @@ from typing import Any
 
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 
-from mongoferry import capture as cap
-from mongoferry.apply import Applier
-from mongoferry.embedded import EmbeddedServer
-from mongoferry.events import Position
-from mongoferry.namespaces import NamespaceMap
-from mongoferry.replayer import Replayer
-from mongoferry.state import MetaStore
-from mongoferry.status import SyncStatus
+from mongoferry.core.events import Position
+from mongoferry.core.namespaces import NamespaceMap
+from mongoferry.dev.embedded import EmbeddedServer
+from mongoferry.pipeline.replay import Replayer
+from mongoferry.sinks.mongo_apply import Applier
+from mongoferry.source import capture as cap
+from mongoferry.state.meta import MetaStore
+from mongoferry.state.status import SyncStatus
 
 Client = MongoClient[dict[str, Any]]
 

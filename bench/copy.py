@@ -28,7 +28,7 @@ from pathlib import Path
 import bson
 from bson.raw_bson import RawBSONDocument
 
-from mongoferry.embedded import EmbeddedServer, child_env
+from mongoferry.dev.embedded import EmbeddedServer, child_env
 
 RAW = bson.CodecOptions(document_class=RawBSONDocument)
 

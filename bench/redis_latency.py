@@ -37,15 +37,15 @@ from typing import Any
 
 import redis
 
-from mongoferry.embedded import EmbeddedServer, child_env, free_port
+from mongoferry.dev.embedded import EmbeddedServer, child_env, free_port
 
 
 def publish_redis_cmd(*args: str) -> list[str]:
-    from mongoferry.cli import main
+    from mongoferry.cli.main import main
 
     if "publish-redis" in main.commands:
         return [sys.executable, "-m", "mongoferry", "publish-redis", *args]
-    return [sys.executable, "-m", "mongoferry.publish_redis", *args]
+    return [sys.executable, "-m", "mongoferry.jobs.publish_redis", *args]
 
 
 class Receiver:

@@ -42,19 +42,11 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 
-from mongoferry.embedded import EmbeddedServer, child_env
+from mongoferry.dev.embedded import EmbeddedServer, child_env
 
 RAW = bson.CodecOptions(document_class=RawBSONDocument)
-SHIM = ("from mongoferry.cli import main; from mongoferry.verify import verify_command; "
-        "main.add_command(verify_command); main()")
-
-
 def verify_cmd() -> list[str]:
-    from mongoferry.cli import main
-
-    if "verify" in main.commands:
-        return [sys.executable, "-m", "mongoferry", "verify"]
-    return [sys.executable, "-c", SHIM, "verify"]
+    return [sys.executable, "-m", "mongoferry", "verify"]
 
 
 def document(i: int) -> dict[str, Any]:

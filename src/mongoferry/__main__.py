@@ -1,3 +1,3 @@
-from mongoferry.cli import main
+from mongoferry.cli.main import main
 
 main()

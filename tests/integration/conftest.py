@@ -16,7 +16,7 @@ import bson
 import pytest
 from bson.raw_bson import RawBSONDocument
 
-from mongoferry.embedded import EmbeddedServer, child_env
+from mongoferry.dev.embedded import EmbeddedServer, child_env
 
 RAW = bson.CodecOptions(document_class=RawBSONDocument)
 

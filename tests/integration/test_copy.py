@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from bson import SON, Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 
-from mongoferry.embedded import EmbeddedServer
+from mongoferry.dev.embedded import EmbeddedServer
 from tests.integration.conftest import (
     PASSWORD,
     auth_uri,

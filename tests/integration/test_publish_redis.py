@@ -31,9 +31,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from mongoferry.embedded import EmbeddedServer, child_env, free_port
-from mongoferry.errors import EXIT_CONNECT, EXIT_USAGE
-from mongoferry.redis_format import dedupe_key, parse_resume_value
+from mongoferry.core.errors import EXIT_CONNECT, EXIT_USAGE
+from mongoferry.dev.embedded import EmbeddedServer, child_env, free_port
+from mongoferry.sinks.redis.format import dedupe_key, parse_resume_value
 from tests.integration.conftest import Result, run_cli, wait_for
 
 PASSWORD = "s3cret-Pw!"
@@ -43,7 +43,7 @@ Pair = tuple[bytes, bytes]
 
 def cli_prefix() -> list[str]:
     """`python -m mongoferry publish-redis` once the command is wired into the CLI, else the module."""
-    from mongoferry.cli import main
+    from mongoferry.cli.main import main
 
     if "publish-redis" in main.commands:
         return ["publish-redis"]
@@ -52,7 +52,7 @@ def cli_prefix() -> list[str]:
 
 def publish_redis_args(*args: str) -> list[str]:
     prefix = cli_prefix()
-    module = ["-m", "mongoferry", *prefix] if prefix else ["-m", "mongoferry.publish_redis"]
+    module = ["-m", "mongoferry", *prefix] if prefix else ["-m", "mongoferry.jobs.publish_redis"]
     return [sys.executable, *module, *args]
 
 
@@ -471,9 +471,9 @@ def test_deep_fields_meteor_ids_and_oplogtoredis_variables(mongo: EmbeddedServer
 
 
 def test_configuration_layers_and_oplogtoredis_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mongoferry.config import load_settings
-    from mongoferry.errors import UsageError
-    from mongoferry.publish_redis_settings import OTR_VARIABLES, PublishRedisSettings, parse_go_duration
+    from mongoferry.core.errors import UsageError
+    from mongoferry.infra.config import load_settings
+    from mongoferry.jobs.publish_redis_settings import OTR_VARIABLES, PublishRedisSettings, parse_go_duration
 
     for name in list(os.environ):
         if name.startswith(("MONGOFERRY_", "OTR_")):

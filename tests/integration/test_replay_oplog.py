@@ -10,7 +10,7 @@ import bson
 import pytest
 from bson import Timestamp, json_util
 
-from mongoferry.embedded import EmbeddedServer
+from mongoferry.dev.embedded import EmbeddedServer
 from tests.integration.conftest import RAW, run_cli, user_namespaces
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "oplog"

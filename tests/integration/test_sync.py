@@ -20,7 +20,7 @@ from bson import SON
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from mongoferry.embedded import EmbeddedServer, free_port
+from mongoferry.dev.embedded import EmbeddedServer, free_port
 from tests.integration.conftest import raw_docs, run_cli, start_cli, user_namespaces
 from tests.integration.conftest import wait_for as _wait_for
 

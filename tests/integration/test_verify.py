@@ -9,7 +9,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,21 +21,13 @@ from bson import SON, Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Times
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from mongoferry.embedded import EmbeddedServer, child_env, free_port
-from mongoferry.verify_keys import to_json_value
+from mongoferry.dev.embedded import EmbeddedServer, child_env, free_port
+from mongoferry.verify.keys import to_json_value
 from tests.integration.conftest import Result, cli_args, wait_for
-
-# Until cli.py registers the command (`main.add_command(verify_command)`), run it through a shim.
-_SHIM = ("from mongoferry.cli import main; from mongoferry.verify import verify_command; "
-         "main.add_command(verify_command); main()")
 
 
 def verify_args(*args: str) -> list[str]:
-    from mongoferry.cli import main
-
-    if "verify" in main.commands:
-        return cli_args("verify", *args)
-    return [sys.executable, "-c", _SHIM, "verify", *args]
+    return cli_args("verify", *args)
 
 
 def run_verify(*args: str, timeout: float = 180) -> Result:
@@ -674,9 +665,9 @@ def test_shard_keys_are_compared_when_both_clusters_are_sharded(
         servers: tuple[EmbeddedServer, EmbeddedServer]) -> None:
     """SecantusDB is no mongos, so the sharded-cluster probe is preset; the shard keys are read
     from `config.collections` documents in MongoDB's format."""
-    from mongoferry.verify_engine import Engine
-    from mongoferry.verify_findings import Pair
-    from mongoferry.verify_metadata import compare_metadata, is_sharded
+    from mongoferry.verify.engine import Engine
+    from mongoferry.verify.findings import Pair
+    from mongoferry.verify.metadata import compare_metadata, is_sharded
 
     src, dst = servers
     keys = {"app.same": ({"userId": 1}, {"userId": 1.0}), "app.changed": ({"userId": 1}, {"userId": "hashed"}),
@@ -710,9 +701,9 @@ def test_merge_confirms_suspects_by_lookup_when_the_order_disagrees(
     once, and skipped when the stream delivers it; real differences are still reported."""
     import bson
 
-    from mongoferry.compare import doc_key_for_value
-    from mongoferry.verify_engine import Engine, _Merge
-    from mongoferry.verify_findings import DocFinding, NsFinding, Pair, Sink
+    from mongoferry.verify.compare import doc_key_for_value
+    from mongoferry.verify.engine import Engine, _Merge
+    from mongoferry.verify.findings import DocFinding, NsFinding, Pair, Sink
 
     class Collect(Sink):
         def __init__(self) -> None:

@@ -8,10 +8,10 @@ import bson
 import pytest
 from bson import Timestamp
 
-from mongoferry.capture import change_event_to_event, lag_seconds
-from mongoferry.errors import UsageError
-from mongoferry.server import parse_bind
-from mongoferry.status import SyncStatus
+from mongoferry.core.errors import UsageError
+from mongoferry.http.server import parse_bind
+from mongoferry.source.capture import change_event_to_event, lag_seconds
+from mongoferry.state.status import SyncStatus
 
 TOKEN = {"_data": "8265"}
 

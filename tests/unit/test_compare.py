@@ -1,4 +1,4 @@
-"""Unit tests for mongoferry.compare: pure document, index and collection-spec comparison."""
+"""Unit tests for mongoferry.verify.compare: pure document, index and collection-spec comparison."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from bson.son import SON
 
-from mongoferry.compare import (
+from mongoferry.verify.compare import (
     BSON_TYPE_NAMES,
     INDEX_SPEC_TOLERANCES,
     CompareMode,

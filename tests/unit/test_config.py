@@ -1,4 +1,4 @@
-"""Unit tests for mongoferry.config: defaults → YAML file → MONGOFERRY_* env → flags."""
+"""Unit tests for mongoferry.infra.config: defaults → YAML file → MONGOFERRY_* env → flags."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from mongoferry import config
-from mongoferry.config import ConnectionSettings, CopySettings, load_settings, read_config_file
-from mongoferry.errors import EXIT_USAGE, UsageError
+from mongoferry.core.errors import EXIT_USAGE, UsageError
+from mongoferry.infra import config
+from mongoferry.infra.config import ConnectionSettings, CopySettings, load_settings, read_config_file
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Unit tests for mongoferry.diff_apply, one group per rule of the oplog-formats reference (1.2-1.4).
+"""Unit tests for mongoferry.core.diff_apply, one group per rule of the oplog-formats reference (1.2-1.4).
 
 Every result is compared with ``bson.encode`` so field order and numeric types are checked too.
 """
@@ -17,7 +17,7 @@ from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 from bson.objectid import ObjectId
 
-from mongoferry.diff_apply import (
+from mongoferry.core.diff_apply import (
     DiffFormatError,
     apply_oplog_update,
     apply_update_description,

@@ -1,11 +1,11 @@
-"""Unit tests for mongoferry.namespaces: selection, renames and their validation (pure)."""
+"""Unit tests for mongoferry.core.namespaces: selection, renames and their validation (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from mongoferry.errors import EXIT_USAGE, UsageError
-from mongoferry.namespaces import SYSTEM_DATABASES, NamespaceMap, split_ns
+from mongoferry.core.errors import EXIT_USAGE, UsageError
+from mongoferry.core.namespaces import SYSTEM_DATABASES, NamespaceMap, split_ns
 
 SOURCE = ["shop.orders", "shop.users", "crm.leads", "crm.notes", "logs.events"]
 

@@ -18,9 +18,9 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
-from mongoferry.errors import EXIT_INCONSISTENT, InconsistencyError, UsageError
-from mongoferry.events import ChangeEvent, Position, TxnId
-from mongoferry.oplog import (
+from mongoferry.core.errors import EXIT_INCONSISTENT, InconsistencyError, UsageError
+from mongoferry.core.events import ChangeEvent, Position, TxnId
+from mongoferry.core.oplog import (
     TransactionAssembler,
     UnsupportedOplogEntry,
     entry_sort_key,

@@ -19,7 +19,7 @@ from bson.int64 import Int64
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.timestamp import Timestamp
 
-from mongoferry.diff_apply import apply_oplog_update, classify_update
+from mongoferry.core.diff_apply import apply_oplog_update, classify_update
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "oplog"
 FIXTURES = sorted(FIXTURE_DIR.glob("*.json"))

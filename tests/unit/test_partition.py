@@ -1,4 +1,4 @@
-"""Unit tests for the pure parts of partition planning: mongoferry.partition and mongoferry.copier."""
+"""Unit tests for the pure parts of partition planning: mongoferry.source.partition and mongoferry.pipeline.copier."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from bson.objectid import ObjectId
 
-from mongoferry.copier import MIN_PARTITION_DOCS, partition_target, source_identity
-from mongoferry.partition import every_nth, natural, ranges
-from mongoferry.state import Partition
+from mongoferry.core.model import Partition
+from mongoferry.pipeline.copier import MIN_PARTITION_DOCS, partition_target, source_identity
+from mongoferry.source.partition import every_nth, natural, ranges
 
 # ---------------------------------------------------------------- every_nth
 

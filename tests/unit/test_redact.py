@@ -1,4 +1,4 @@
-"""Unit tests for mongoferry.redact and the redacting log formatters of mongoferry.logs."""
+"""Unit tests for mongoferry.infra.redact and the redacting log formatters of mongoferry.infra.logs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from mongoferry import redact as redact_module
-from mongoferry.logs import JsonFormatter, TextFormatter
-from mongoferry.redact import RedactingFilter, redact, redact_uri, register_secret, register_uri
+from mongoferry.infra import redact as redact_module
+from mongoferry.infra.logs import JsonFormatter, TextFormatter
+from mongoferry.infra.redact import RedactingFilter, redact, redact_uri, register_secret, register_uri
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Tests for mongoferry.redis_format: oplogtoredis-compatible publications.
+"""Tests for mongoferry.sinks.redis.format: oplogtoredis-compatible publications.
 
 The vectors come from /work/shared/reference/oplogtoredis-protocol.md, which
 summarises OTR's unit and acceptance tests. Deep-mode field lists are compared
@@ -30,7 +30,7 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
-from mongoferry.redis_format import (
+from mongoferry.sinks.redis.format import (
     DEDUPE_PUBLISH_LUA,
     PROBLEM_BAD_UPDATE,
     PROBLEM_MALFORMED,

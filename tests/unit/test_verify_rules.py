@@ -10,17 +10,17 @@ import bson
 import pytest
 from bson import Decimal128, Int64, MaxKey, MinKey, ObjectId
 
-from mongoferry.compare import compare_shard_keys, doc_key_for_value, shard_keys_equal
-from mongoferry.namespaces import NamespaceMap
-from mongoferry.verify_api import (
+from mongoferry.core.namespaces import NamespaceMap
+from mongoferry.verify.api import (
     ns_mismatch_info,
     parse_index_spec_ignore,
     parse_min_duration,
 )
-from mongoferry.verify_findings import Pair, id_type, tolerated
-from mongoferry.verify_keys import fast_id_key, id_sort_key, id_value, raw_id_in_filter, split_batch
-from mongoferry.verify_metadata import pair_for_new_namespace, source_of
-from mongoferry.verify_tasks import merge_entry, mismatch_since
+from mongoferry.verify.compare import compare_shard_keys, doc_key_for_value, shard_keys_equal
+from mongoferry.verify.findings import Pair, id_type, tolerated
+from mongoferry.verify.keys import fast_id_key, id_sort_key, id_value, raw_id_in_filter, split_batch
+from mongoferry.verify.metadata import pair_for_new_namespace, source_of
+from mongoferry.verify.tasks import merge_entry, mismatch_since
 
 # ---------------------------------------------------------------------------------------
 # `_id` sort order: the server's type brackets, numbers by value across types
@@ -218,7 +218,7 @@ def test_id_type_names_the_bson_type() -> None:
 
 
 def test_long_values_are_cut_with_their_length() -> None:
-    from mongoferry.verify_keys import to_json_value
+    from mongoferry.verify.keys import to_json_value
 
     assert to_json_value("short") == "short"
     cut = to_json_value("x" * 600 + "A")
@@ -228,7 +228,7 @@ def test_long_values_are_cut_with_their_length() -> None:
 
 
 def test_remaining_check_time() -> None:
-    from mongoferry.verify_tasks import estimate_remaining
+    from mongoferry.verify.tasks import estimate_remaining
 
     stats = {"docsCompared": 250, "totalDocs": 1000, "srcBytesCompared": 2500, "totalSrcBytes": 10_000}
     assert estimate_remaining(stats, 50.0, 100.0) == 75.0                           # bytes left / bytes per s
@@ -239,7 +239,7 @@ def test_remaining_check_time() -> None:
 
 
 def test_resume_token_time_of_mongodb_tokens_only() -> None:
-    from mongoferry.verify_readers import token_timestamp
+    from mongoferry.verify.readers import token_timestamp
 
     # KeyString: 0x82, then the timestamp's time and increment, big-endian (then the rest)
     token = {"_data": "8265F0A1B2000000072B022C0100296E5A1004"}
@@ -255,8 +255,8 @@ def test_api_answers_bad_parameters_400_and_server_errors_200_redacted() -> None
     import httpx
     from pymongo.errors import ServerSelectionTimeoutError
 
-    from mongoferry.verify_api import verifier_app
-    from mongoferry.verify_server import Verifier
+    from mongoferry.verify.api import verifier_app
+    from mongoferry.verify.server import Verifier
 
     class Unreachable:
         def progress(self) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from pymongo import InsertOne, ReplaceOne
 from pymongo.client_session import ClientSession
 from pymongo.errors import BulkWriteError, OperationFailure
 
-from mongoferry.catalog import CollectionSpec, clean_index_spec
-from mongoferry.clients import RAW, Client
-from mongoferry.namespaces import NamespaceMap
+from mongoferry.core.model import CollectionSpec, clean_index_spec
+from mongoferry.core.namespaces import NamespaceMap
+from mongoferry.infra.clients import RAW, Client
 
 log = logging.getLogger("mongoferry.sink")
 

@@ -1,0 +1,200 @@
+"""The command tree: parse → settings → one library call → exit code."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import click
+
+from mongoferry import __version__
+from mongoferry.cli.support import (
+    F,
+    common_options,
+    connection_options,
+    env_help,
+    given,
+    run_guarded,
+    settings_from,
+)
+from mongoferry.infra.config import CopySettings, ReplayOplogSettings, StatusSettings, SyncSettings
+from mongoferry.infra.logs import resolve_format, setup_logging
+
+__all__ = ["given", "main", "run_guarded", "settings_from"]
+
+
+def copy_options(fn: F) -> F:
+    opts = [
+        click.option("--workers", type=int, help=env_help("Partitions copied in parallel (default 4).", "workers")),
+        click.option("--batch-size", type=int, help=env_help("Documents per read/insert batch (default 1000).",
+                                                              "batch_size")),
+        click.option("--partition-docs", type=int,
+                     help=env_help("Target documents per _id range (default 50000).", "partition_docs")),
+        click.option("--drop-dst", is_flag=True, default=None,
+                     help=env_help("Drop destination namespaces that already hold data.", "drop_dst")),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="mongoferry")
+def main() -> None:
+    """Move MongoDB data while applications keep writing.
+
+    Exit codes: 0 done, 1 unexpected, 2 usage or configuration,
+    3 cannot connect or authenticate, 4 data inconsistency found.
+    Options come from flags, MONGOFERRY_* environment variables, or a
+    YAML file (--config); flags win over env, env over the file.
+    """
+
+
+@main.command()
+@connection_options("Copy")
+@copy_options
+@common_options
+@click.pass_context
+def copy(ctx: click.Context, /, **values: Any) -> None:
+    """Copy every database and collection (data, options, views, indexes) once.
+
+    Resumable: killed at any moment, the same command continues where it
+    stopped. A destination namespace that already holds data is refused
+    unless --drop-dst. Exits 4 if the counts differ at the end.
+    """
+    from mongoferry.jobs.copy import run_copy
+
+    def job() -> int:
+        return run_copy(settings_from(ctx, CopySettings, values))
+
+    run_guarded(job)
+
+
+def sync_options(fn: F) -> F:
+    opts = [
+        click.option("--capture", type=click.Choice(["change-stream", "oplog"]),
+                     help=env_help("Change streams (default; works through mongos) or tailing local.oplog.rs.",
+                                   "capture")),
+        click.option("--http", help=env_help("Status/control API HOST:PORT, or 'off' (default 127.0.0.1:27182).",
+                                             "http")),
+        click.option("--no-write-block", is_flag=True, default=None,
+                     help=env_help("At commit, do not block writes on the source (you stop the writers).",
+                                   "no_write_block")),
+        click.option("--no-verify", is_flag=True, default=None,
+                     help=env_help("At commit, skip the final verification.", "no_verify")),
+        click.option("--reverse", is_flag=True, default=None,
+                     help=env_help("After commit keep running, replaying destination → source.", "reverse")),
+        click.option("--max-batch", type=int, help=env_help("Events per applied batch (default 1000).", "max_batch")),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@connection_options("Replicate")
+@copy_options
+@sync_options
+@common_options
+@click.pass_context
+def sync(ctx: click.Context, /, **values: Any) -> None:
+    """Copy, then keep the destination identical to the live source until commit.
+
+    The change capture starts before the copy, so nothing written meanwhile is
+    lost. Runs until committed (POST /api/v1/commit or `mongoferry commit`) or
+    stopped (SIGTERM/Ctrl-C: applies what it read, saves its position, exits 0;
+    the same command resumes). Status: GET /api/v1/progress or `mongoferry status`.
+    """
+    from mongoferry.jobs.sync import run_sync
+
+    run_guarded(lambda: run_sync(settings_from(ctx, SyncSettings, values)))
+
+
+def status_options(fn: F) -> F:
+    opts = [
+        click.option("--dst", help=env_help("Destination URI (where the metadata lives by default).", "dst")),
+        click.option("--meta", help=env_help("Metadata URI, if the job was given --meta.", "meta")),
+        click.option("--meta-db", help=env_help("Metadata database name (default mongoferry_meta).", "meta_db")),
+        click.option("--connect-timeout", type=float, help=env_help("Seconds to wait for the server.",
+                                                                    "connect_timeout")),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@status_options
+@click.option("--json", "as_json", is_flag=True, help="Print the progress document as JSON.")
+@common_options
+@click.pass_context
+def status(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
+    """Show a job's state, lag, counts and events from its metadata database.
+
+    Works whether or not the job's HTTP server is reachable.
+    """
+    from mongoferry.jobs.status import run_status
+
+    run_guarded(lambda: run_status(settings_from(ctx, StatusSettings, values), as_json))
+
+
+@main.command()
+@status_options
+@common_options
+@click.pass_context
+def commit(ctx: click.Context, /, **values: Any) -> None:
+    """Ask a running sync to commit (same as POST /api/v1/commit), and wait for the outcome."""
+    from mongoferry.jobs.status import run_commit
+
+    run_guarded(lambda: run_commit(settings_from(ctx, StatusSettings, values)))
+
+
+@main.command("replay-oplog")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--dst", help=env_help("Destination connection string.", "dst"))
+@click.option("--oplog-limit", help=env_help("Apply only entries before SECONDS[:ORDINAL] (exclusive), like "
+                                             "mongorestore --oplogLimit.", "oplog_limit"))
+@click.option("--include", multiple=True, help=env_help("Apply only this DB or DB.COLL (repeatable).", "include"))
+@click.option("--exclude", multiple=True, help=env_help("Skip this DB or DB.COLL (repeatable).", "exclude"))
+@click.option("--rename", multiple=True, help=env_help("Rename OLD_DB=NEW_DB or DB.COLL=DB2.COLL2.", "rename"))
+@click.option("--connect-timeout", type=float, help=env_help("Seconds to wait for the server.", "connect_timeout"))
+@common_options
+@click.pass_context
+def replay_oplog(ctx: click.Context, /, files: tuple[str, ...], **values: Any) -> None:
+    """Apply BSON files of oplog entries (mongodump's oplog.bson, or a dump of
+    local.oplog.rs) to a destination, in timestamp order, with sync's applier.
+
+    Every entry is checked before anything is written; entries with fromMigrate
+    are skipped, no-ops ignored, unknown operations refused (exit 4).
+    """
+    from mongoferry.jobs.replay_oplog import run_replay_oplog
+
+    run_guarded(lambda: run_replay_oplog(settings_from(ctx, ReplayOplogSettings, values), list(files)))
+
+
+@main.command()
+@click.option("--docs", type=int, default=200_000, show_default=True, help="Documents in the sample data set.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Copy workers.")
+@click.option("--keep", is_flag=True, help="Keep the servers' data directory and print its path.")
+@click.option("--copy-only", is_flag=True, help="Run a one-off copy instead of the live sync and commit.")
+@click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text"]), default="auto",
+              show_default=True, help="Progress style.")
+def demo(docs: int, workers: int, keep: bool, copy_only: bool, log_format: str) -> None:
+    """A live migration between two embedded SecantusDB servers, start to finish.
+
+    Loads a realistic sample, runs `sync` while a writer keeps changing the
+    source, shows state, lag and deltas, commits, and proves both sides identical.
+    """
+    from mongoferry.dev.demo import run_demo
+
+    setup_logging("json" if resolve_format(log_format) == "json" else "text")
+    run_guarded(functools.partial(run_demo, docs=docs, workers=workers, keep=keep, log_format=log_format,
+                                  copy_only=copy_only))
+
+
+# Registered last: its heavy imports load only when the command runs.
+from mongoferry.cli.publish_redis import publish_redis_command  # noqa: E402
+from mongoferry.cli.verify import verify_command  # noqa: E402
+
+main.add_command(publish_redis_command)
+main.add_command(verify_command)

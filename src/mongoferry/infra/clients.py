@@ -1,0 +1,112 @@
+"""Connecting to MongoDB, and the one place driver errors become mongoferry errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from bson.codec_options import DEFAULT_CODEC_OPTIONS, CodecOptions, DatetimeConversion
+from bson.raw_bson import RawBSONDocument
+from pymongo import MongoClient
+from pymongo.errors import (
+    ConfigurationError,
+    ConnectionFailure,
+    InvalidURI,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+from pymongo.uri_parser import parse_uri
+
+from mongoferry.core.errors import AuthError, ConnectError, MongoferryError, UsageError
+from mongoferry.infra.redact import redact, redact_uri, register_uri
+
+Client = MongoClient[dict[str, Any]]
+T = TypeVar("T")
+
+# Raw BSON on the hot path: documents are never decoded on their way through.
+RAW = CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+# Decoded documents keep field order (dict) and survive dates outside datetime's range.
+DECODED: CodecOptions[dict[str, Any]] = DEFAULT_CODEC_OPTIONS.with_options(
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO
+)
+
+AUTH_FAILED = 18
+
+
+def validate_uri(uri: str | None, flag: str) -> str:
+    if not uri:
+        raise UsageError(f"{flag} is required", f"give {flag} mongodb://HOST:PORT (or set it in the config file)")
+    register_uri(uri)
+    try:
+        parse_uri(uri)
+    except (InvalidURI, ConfigurationError, ValueError) as exc:
+        raise UsageError(f"{flag} {redact_uri(uri)} is not a valid MongoDB URI: {redact(str(exc))}",
+                         "the form is mongodb://[user:password@]host[:port][/?options]") from None
+    return uri
+
+
+def connect(uri: str, role: str, timeout_s: float = 10.0, **kwargs: Any) -> Client:
+    """Open a client and prove it can run a command; errors are translated."""
+    shown = redact_uri(uri)
+    try:
+        client: Client = MongoClient(
+            uri, serverSelectionTimeoutMS=int(timeout_s * 1000), connectTimeoutMS=int(timeout_s * 1000),
+            appname="mongoferry", datetime_conversion=DatetimeConversion.DATETIME_AUTO, **kwargs,
+        )
+    except (InvalidURI, ConfigurationError, ValueError) as exc:
+        raise UsageError(f"{role} URI {shown} is invalid: {redact(str(exc))}", "fix the connection string") from None
+    try:
+        client.admin.command("ping")
+        # Listing databases needs authentication where it is on: a wrong password fails here.
+        client.admin.command("listDatabases", nameOnly=True)
+    except OperationFailure as exc:
+        client.close()
+        if exc.code == AUTH_FAILED:
+            raise AuthError(f"authentication failed for the {role} {shown}",
+                            "check the user name, password and authSource in the URI") from None
+        raise ConnectError(f"the {role} {shown} refused a basic command: {redact(str(exc))}",
+                           "check that the user has the needed roles") from None
+    except ServerSelectionTimeoutError:
+        client.close()
+        raise ConnectError(f"cannot reach the {role} at {shown} within {timeout_s:g}s",
+                           "check host, port, firewall, and that the server is running") from None
+    except PyMongoError as exc:
+        client.close()
+        raise ConnectError(f"cannot connect to the {role} at {shown}: {redact(str(exc))}",
+                           "check host, port and TLS options") from None
+    return client
+
+
+def translate(exc: PyMongoError, doing: str) -> MongoferryError:
+    """A driver error met after connecting, as a mongoferry error."""
+    if isinstance(exc, OperationFailure) and exc.code == AUTH_FAILED:
+        return AuthError(f"authentication failed while {doing}", "check the credentials")
+    if isinstance(exc, ConnectionFailure):
+        return ConnectError(f"lost the connection while {doing}: {redact(str(exc))}",
+                            "check the server, then rerun the same command (jobs with saved progress resume)")
+    return MongoferryError(f"MongoDB error while {doing}: {redact(str(exc))}",
+                           "rerun the same command (jobs with saved progress resume); report it if it repeats")
+
+
+@contextmanager
+def driver_errors(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except PyMongoError as exc:
+        raise translate(exc, doing) from None
+
+
+def retrying(fn: Callable[[], T], attempts: int = 5) -> T:
+    """Retry an idempotent call across transient connection errors."""
+    import time
+
+    for i in range(attempts):
+        try:
+            return fn()
+        except ConnectionFailure:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.2 * (2**i))
+    raise AssertionError("unreachable")

@@ -1,0 +1,166 @@
+"""Typed configuration: defaults → YAML file (--config) → MONGOFERRY_* env → flags.
+
+Each command has one settings class. `load_settings` builds it from the three
+layers and turns every validation problem into one UsageError line.
+Nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from mongoferry.core.errors import UsageError
+
+StrList = Annotated[list[str], NoDecode]
+LogFormat = Literal["auto", "rich", "json", "text"]
+# How the verifier compares documents: byte for byte, or field order ignored.
+CompareMode = Literal["binary", "ignore-order"]
+
+
+def split_list(value: Any) -> Any:
+    """Env vars, YAML and repeated flags may give a list as 'a,b' as well as a real list."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple):
+        return [v.strip() for item in value for v in str(item).split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MONGOFERRY_", extra="forbid", validate_default=True)
+
+    log_format: LogFormat = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    _yaml: dict[str, Any] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_source = InitSettingsSource(settings_cls, init_kwargs=dict(_FILE_VALUES.get(settings_cls, {})))
+        return (init_settings, env_settings, file_source)
+
+
+# The YAML layer for the settings class being loaded (set only inside load_settings).
+_FILE_VALUES: dict[type[BaseSettings], dict[str, Any]] = {}
+
+
+class ConnectionSettings(Settings):
+    src: str | None = Field(None, description="source connection string")
+    dst: str | None = Field(None, description="destination connection string")
+    meta: str | None = Field(None, description="metadata database URI (default: the destination)")
+    meta_db: str = "mongoferry_meta"
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for each server to answer")
+    include: StrList = Field(default_factory=list)
+    exclude: StrList = Field(default_factory=list)
+    rename: StrList = Field(default_factory=list)
+
+    _split = field_validator("include", "exclude", "rename", mode="before")(split_list)
+
+
+class CopySettings(ConnectionSettings):
+    workers: int = Field(4, ge=1, le=64)
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    partition_docs: int = Field(50_000, ge=100, description="target documents per partition")
+    drop_dst: bool = False
+
+
+class SyncSettings(CopySettings):
+    capture: Literal["change-stream", "oplog"] = "change-stream"
+    http: str = Field("127.0.0.1:27182", description="HOST:PORT of the status/control API, or 'off'")
+    no_write_block: bool = False
+    no_verify: bool = False
+    reverse: bool = False
+    max_batch: int = Field(1000, ge=1, le=100_000)
+
+
+class ReplayOplogSettings(Settings):
+    dst: str | None = None
+    oplog_limit: str | None = Field(None, description="SECONDS[:ORDINAL]: apply entries before this time only")
+    include: StrList = Field(default_factory=list)
+    exclude: StrList = Field(default_factory=list)
+    rename: StrList = Field(default_factory=list)
+    connect_timeout: float = Field(10.0, gt=0)
+
+    _split = field_validator("include", "exclude", "rename", mode="before")(split_list)
+
+
+class StatusSettings(Settings):
+    dst: str | None = None
+    meta: str | None = None
+    meta_db: str = "mongoferry_meta"
+    connect_timeout: float = Field(10.0, gt=0)
+
+
+class VerifySettings(ConnectionSettings):
+    """Settings of ``mongoferry verify`` (flags, MONGOFERRY_* env, YAML file)."""
+
+    port: int = Field(27020, ge=0, le=65535, description="HTTP API port on 127.0.0.1 (0 = any free port)")
+    check_only: bool = Field(False, description="one full pass, a report and an exit code; no server")
+    compare: CompareMode = "ignore-order"
+    failure_display_size: int = Field(20, ge=1, description="findings shown; the rest are counted")
+    workers: int = Field(4, ge=1, le=64)
+    partition_docs: int = Field(50_000, ge=100, description="target documents per _id range")
+    src_namespace: StrList = Field(default_factory=list)
+    dst_namespace: StrList = Field(default_factory=list)
+    start: bool = Field(False, description="server mode: start checking at once, without POST /api/v1/check")
+    clean: bool = Field(False, description="server mode: forget the saved verification state first")
+    index_spec_ignore: Annotated[list[Literal["expireAfterSeconds", "unique"]], NoDecode] = Field(
+        default_factory=list, description="--check-only: index differences only in these options are tolerated")
+
+    _split_ns = field_validator("src_namespace", "dst_namespace", "index_spec_ignore", mode="before")(split_list)
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}", "check the --config path") from None
+    try:
+        data = yaml.safe_load(text)
+        if data is None:  # an empty file
+            data = {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"config file {path} is not valid YAML{where}", "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must be a mapping of option: value", "see docs/configuration.md")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_settings(cls: type[S], flags: dict[str, Any], config_file: Path | None = None) -> S:
+    file_values = read_config_file(config_file) if config_file else {}
+    _FILE_VALUES[cls] = file_values
+    try:
+        return cls(**flags)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            raise UsageError(f"unknown option {name!r}", "see `mongoferry COMMAND --help` for the options") from None
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = f" (--{field.replace('_', '-')} / MONGOFERRY_{field.upper()})" if field in cls.model_fields else ""
+        raise UsageError(f"invalid value for {name!r}{where}: {err['msg']}", "see docs/configuration.md") from None
+    finally:
+        _FILE_VALUES.pop(cls, None)

@@ -1,0 +1,395 @@
+"""`mongoferry publish-redis`: what tulip/oplogtoredis does, byte for byte, through mongos too.
+
+Every insert, update, replace and delete (also inside transactions) is published to
+``<db>.<coll>`` and then ``<db>.<coll>::<id>`` in redis-oplog's format (built by
+:mod:`mongoferry.sinks.redis.format`), through one atomic Lua script per batch that publishes
+only what no other instance published before (:mod:`mongoferry.sinks.redis.publisher`).
+
+Capture: a change stream on the whole deployment (the default; it works through
+mongos) or, with ``--capture oplog``, tailing ``local.oplog.rs`` of a replica-set member
+as OTR does (:mod:`mongoferry.source.otr_readers`). Change events carry no transaction
+index, so it is counted as OTR counts it in an ``applyOps`` entry: 0 outside transactions;
+within a transaction, consecutive events with the same ``lsid`` + ``txnNumber`` +
+``clusterTime`` get 0, 1, 2, ...
+
+Resume: after publishing, the position of the last accepted publication is stored in
+Redis as OTR stores it (``<prefix>lastProcessedEntry.0`` = ``(T<<32)|I``), plus the
+change stream resume token under ``<prefix>resumeToken``. At start, a position younger
+than the max catch-up is resumed from (right after the token; from the timestamp itself
+when the last publication was inside a transaction, whose indexes must be counted from
+its first event, or when there is no token: the dedupe keys absorb what is sent again).
+An older position, or none, starts at the end; a skipped span is logged and exported.
+
+Configuration layers: flags > MONGOFERRY_* > OTR_* (oplogtoredis's own variables) >
+config file > defaults (:mod:`mongoferry.jobs.publish_redis_settings`).
+
+This module holds the job (read, format, queue for every Redis), the HTTP app and the
+click command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final
+
+from bson import json_util
+from bson.timestamp import Timestamp
+
+from mongoferry.core.errors import EXIT_OK, ConnectError, MongoferryError, UsageError
+from mongoferry.infra.redact import redact
+from mongoferry.jobs.publish_redis_settings import PublishRedisSettings
+from mongoferry.sinks.redis.format import (
+    PROBLEM_UNPROCESSABLE_FIELD,
+    Publication,
+    dedupe_key,
+    flattened_update_fields,
+    last_processed_key,
+    parse_resume_value,
+    publications_from_change_event,
+    publications_from_oplog_entry,
+    resume_value,
+)
+from mongoferry.source.otr_readers import ChangeStreamReader, HistoryLost, OplogReader, StartPoint
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from mongoferry.infra.clients import Client
+    from mongoferry.sinks.redis.publisher import Outgoing, PublishMetrics, RedisClient, RedisPublisher
+
+log = logging.getLogger("mongoferry.publish_redis")
+
+__all__ = [
+    "PublishJob",
+    "PublishRedisSettings",
+    "http_app",
+    "run_publish_redis",
+]
+
+DRAIN_TIMEOUT_S: Final = 15.0
+RECONNECT_MAX_S: Final = 5.0
+HEALTH_TIMEOUT_S: Final = 2.0
+INVALID_TOKEN_CODES: Final = (9, 260)  # FailedToParse, InvalidResumeToken
+
+# --------------------------------------------------------------------------- the job
+
+
+def _epoch(wall: Any, ts: Timestamp) -> float:
+    import datetime as dt
+
+    if isinstance(wall, dt.datetime):
+        return (wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)).timestamp()
+    return float(ts.time)
+
+
+class PublishJob:
+    def __init__(self, settings: PublishRedisSettings, mongo: Client, publishers: list[RedisPublisher],
+                 metrics: PublishMetrics, stop: threading.Event) -> None:
+        self.s = settings
+        self.mongo = mongo
+        self.publishers = publishers
+        self.metrics = metrics
+        self.stop = stop
+        self.reader: ChangeStreamReader | OplogReader = (
+            OplogReader(mongo) if settings.capture == "oplog" else ChangeStreamReader(mongo))
+
+    # ------------------------------------------------------------ start position
+    def initial_start(self) -> StartPoint:
+        """OTR's rule: resume from the stored position if younger than the max catch-up, else the end."""
+        from redis.exceptions import RedisError
+
+        from mongoferry.sinks.redis.publisher import read_position
+
+        first = self.publishers[0]
+        key = last_processed_key(0, self.s.metadata_prefix)
+        for attempt in range(5):
+            try:
+                stored = read_position(first.client, self.s.metadata_prefix)
+                break
+            except RedisError as exc:
+                if attempt == 4:
+                    raise ConnectError(f"cannot read {key} from Redis {first.target.shown}: {redact(str(exc))}",
+                                       "check the Redis server; rerun the same command") from None
+                time.sleep(0.5 * (attempt + 1))
+        if stored.raw is None:
+            log.info("no stored position: starting at the end", extra={"key": key})
+            return StartPoint()
+        try:
+            ts = parse_resume_value(stored.raw)
+        except ValueError as exc:
+            log.error("the stored position is unusable, starting at the end: %s", exc, extra={"key": key})
+            return StartPoint()
+        age = time.time() - ts.time
+        if age > self.s.max_catch_up_s:
+            self.report_skip(ts, f"the stored position is {age:.1f}s old, more than the max catch-up of "
+                                 f"{self.s.max_catch_up_s:g}s")
+            return StartPoint()
+        if self.s.capture == "change-stream" and stored.token:
+            try:
+                token = json_util.loads(stored.token)
+                if isinstance(token, Mapping):
+                    return StartPoint(ts=ts, token=token)
+            except ValueError:
+                log.warning("the stored resume token is unusable; resuming from the stored timestamp")
+        return StartPoint(ts=ts)
+
+    def report_skip(self, since: Timestamp | None, why: str) -> None:
+        span = max(0.0, time.time() - since.time) if since is not None else 0.0
+        log.warning("starting at the end, skipping %.1fs of changes: %s", span, why,
+                    extra={"skippedSeconds": round(span, 3),
+                           "skippedFrom": resume_value(since) if since is not None else None})
+        self.metrics.catch_up_skipped.set(span)
+        self.metrics.catch_up_skips.inc()
+
+    # ------------------------------------------------------------ main loop
+    def run(self) -> int:
+        from pymongo.errors import OperationFailure, PyMongoError
+
+        start = self.initial_start()
+        announced = False
+        pause = 0.2
+        failing_since: float | None = None
+        last_log = 0.0
+        while not self.stop.is_set():
+            opened = False
+            try:
+                self.open(start)
+                opened = True
+                if not announced:
+                    announced = True
+                    log.info("publishing to Redis %s", start.describe(),
+                             extra={"capture": self.s.capture, "redis": [p.target.shown for p in self.publishers],
+                                    "start": resume_value(start.ts) if start.ts is not None else None})
+                if failing_since is not None:
+                    log.warning("MongoDB is back: reading again after %.1fs", time.time() - failing_since)
+                    failing_since, pause = None, 0.2
+                self.pump()
+            except HistoryLost as exc:
+                self.report_skip(self.reader.last_ts or start.ts, f"MongoDB no longer holds the position ({exc})")
+                self.reader.close()
+                start = StartPoint()
+            except PyMongoError as exc:
+                if (not opened and isinstance(exc, OperationFailure) and start.token is not None
+                        and start.ts is not None and exc.code in INVALID_TOKEN_CODES):
+                    log.warning("cannot resume after the stored token (%s); resuming from its timestamp",
+                                redact(str((exc.details or {}).get("errmsg", exc))))
+                    start = StartPoint(ts=start.ts)
+                    continue
+                start = self.reader.resume_point(start)
+                self.reader.close()
+                now = time.time()
+                if failing_since is None:
+                    failing_since = last_log = now
+                    log.warning("lost MongoDB, retrying: %s", redact(str(exc)))
+                elif now - last_log >= 30:
+                    last_log = now
+                    log.warning("still cannot read from MongoDB after %.0fs: %s", now - failing_since,
+                                redact(str(exc)))
+                self.stop.wait(pause)
+                pause = min(pause * 2, RECONNECT_MAX_S)
+        self.reader.close()
+        return EXIT_OK
+
+    def open(self, start: StartPoint) -> None:
+        self.reader.close()
+        self.reader.open(start)
+
+    def pump(self) -> None:
+        """Read and queue until stopped; errors propagate to :meth:`run`."""
+        while not self.stop.is_set():
+            doc = self.reader.next()
+            if doc is None:
+                self.check_publishers()
+                continue
+            self.handle(doc)
+
+    def check_publishers(self) -> None:
+        for p in self.publishers:
+            if not p.thread.is_alive():
+                raise MongoferryError(f"the publisher for Redis {p.target.shown} stopped",
+                                      "see the log above; rerun the same command to resume")
+
+    def handle(self, doc: Mapping[str, Any]) -> None:
+        from mongoferry.sinks.redis.publisher import Outgoing
+
+        self.metrics.events_received.inc()
+        token: str | None = None
+        if isinstance(self.reader, ChangeStreamReader):
+            tx_index = self.reader.indexer.index(doc)
+            if self.s.deep_fields:
+                doc = flattened_update_fields(doc)
+            pubs, problems = publications_from_change_event(
+                doc, tx_index=tx_index, deep_fields=self.s.deep_fields, meteor_ids=self.s.meteor_ids,
+                metadata_prefix=self.s.metadata_prefix)
+            ts, wall = doc.get("clusterTime"), doc.get("wallTime")
+            if "lsid" not in doc and isinstance(doc.get("_id"), Mapping):
+                token = json_util.dumps(doc["_id"])
+        else:
+            offset = self.reader.tx_offset(doc)
+            pubs, problems = publications_from_oplog_entry(
+                doc, deep_fields=self.s.deep_fields, meteor_ids=self.s.meteor_ids,
+                metadata_prefix=self.s.metadata_prefix)
+            if offset:
+                pubs = [_shifted(p, offset, self.s.metadata_prefix) for p in pubs]
+            ts, wall = doc.get("ts"), doc.get("wall")
+        if isinstance(ts, Timestamp):
+            written_at = _epoch(wall, ts)
+            self.metrics.last_received_staleness.set(max(0.0, time.time() - written_at))
+        self.report(problems)
+        for p in pubs:
+            item: Outgoing = Outgoing(p, _epoch(wall, p.ts), token)
+            for publisher in self.publishers:
+                if not publisher.put(item, self.stop):
+                    if not self.stop.is_set():
+                        self.check_publishers()
+                    return
+
+    def report(self, problems: list[str]) -> None:
+        for problem in problems:
+            category = problem.partition(":")[0]
+            if category == PROBLEM_UNPROCESSABLE_FIELD:
+                self.metrics.unprocessable_fields.inc()
+                log.warning("published without a changed field: %s", problem, extra={"problem": category})
+            else:
+                self.metrics.unpublishable.labels(category).inc()
+                self.metrics.processed.labels("skipped").inc()
+                log.error("not published: %s", problem, extra={"problem": category})
+
+
+def _shifted(p: Publication, offset: int, prefix: str) -> Publication:
+    index = p.tx_index + offset
+    return replace(p, tx_index=index, dedupe_key=dedupe_key(p.ts, index, prefix))
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def http_app(mongo: Client, health_clients: list[RedisClient], metrics: PublishMetrics) -> Starlette:
+    """``/healthz`` (any method) and ``/metrics``, as OTR serves them."""
+    import pymongo
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from redis.exceptions import RedisError
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    def mongo_ok() -> bool:
+        try:
+            with pymongo.timeout(HEALTH_TIMEOUT_S):
+                mongo.admin.command("ping")
+            return True
+        except Exception:
+            return False
+
+    def redis_ok() -> bool:
+        try:
+            return all(bool(c.ping()) for c in health_clients)
+        except (RedisError, OSError):
+            return False
+
+    def healthz(request: Request) -> Response:  # sync: starlette runs it in a worker thread
+        state = {"mongoOK": mongo_ok(), "redisOK": redis_ok()}
+        body = json.dumps(state, sort_keys=True, separators=(",", ":")) + "\n"
+        return Response(body, status_code=200 if all(state.values()) else 500, media_type="application/json")
+
+    def metrics_page(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    any_method = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+    return Starlette(routes=[Route("/healthz", healthz, methods=any_method),
+                             Route("/metrics", metrics_page, methods=["GET", "HEAD"])])
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_publish_redis(settings: PublishRedisSettings) -> int:
+    """Validate, connect, publish until SIGTERM/SIGINT. Exit 2 on bad input, 3 when unreachable."""
+    from mongoferry.http.server import HttpServer, parse_bind
+    from mongoferry.infra.clients import connect, validate_uri
+    from mongoferry.infra.redact import redact_uri
+    from mongoferry.infra.runtime import stop_on_signals
+    from mongoferry.sinks.redis.publisher import (
+        PublishMetrics,
+        RedisPublisher,
+        check_redis,
+        open_redis,
+        parse_redis_urls,
+    )
+
+    # 1. Everything that can be checked without a server.
+    targets = parse_redis_urls(settings.redis_url)
+    mongo_uri = validate_uri(settings.mongo_url, "--mongo-url")
+    http_text = settings.http
+    bind = parse_bind("0.0.0.0" + http_text if http_text.startswith(":") else http_text, "--http")
+    timeout = settings.connect_timeout
+    redis_timeout = min(timeout, 5.0)
+    clients = [open_redis(t, redis_timeout) for t in targets]
+    health = [open_redis(t, HEALTH_TIMEOUT_S) for t in targets]  # one quick retry: a restart breaks pooled sockets
+
+    # 2. The servers.
+    from bson.raw_bson import RawBSONDocument
+
+    # Raw documents, decoded here with surrogateescape: invalid UTF-8 then reaches the channel
+    # names and messages as OTR writes it, instead of failing the decoding.
+    mongo = connect(mongo_uri, "MongoDB server", timeout, document_class=RawBSONDocument)
+    http: HttpServer | None = None
+    publishers: list[RedisPublisher] = []
+    try:
+        for target, client in zip(targets, clients, strict=True):
+            check_redis(client, target, redis_timeout)
+        _check_capture(mongo, settings)
+        metrics = PublishMetrics()
+        publishers = [RedisPublisher(t, c, metrics, ttl_s=settings.dedupe_ttl_s,
+                                     metadata_prefix=settings.metadata_prefix,
+                                     max_catch_up_s=settings.max_catch_up_s,
+                                     flush_interval_s=settings.flush_interval_s, batch_size=settings.batch_size)
+                      for t, c in zip(targets, clients, strict=True)]
+        if bind is not None:
+            http = HttpServer(http_app(mongo, health, metrics), *bind).start()
+        for p in publishers:
+            p.start()
+        log.info("publish-redis started", extra={"mongo": redact_uri(mongo_uri),
+                                                 "redis": [t.shown for t in targets],
+                                                 "http": f"{bind[0]}:{bind[1]}" if bind else "off"})
+        with stop_on_signals() as stop:
+            job = PublishJob(settings, mongo, publishers, metrics, stop)
+            try:
+                code = job.run()
+            finally:
+                stop.set()
+                complete = all([p.finish(DRAIN_TIMEOUT_S) for p in publishers])
+                if not complete:
+                    log.warning("stopped before Redis took every message; a restart publishes them")
+        log.info("publish-redis stopped; run the same command to continue")
+        return code
+    finally:
+        if http is not None:
+            http.stop()
+        mongo.close()
+        for c in clients + health:
+            c.close()
+
+
+def _check_capture(mongo: Client, settings: PublishRedisSettings) -> None:
+    from pymongo.errors import OperationFailure
+
+    from mongoferry.infra.clients import driver_errors
+
+    with driver_errors("opening the change capture"):
+        if settings.capture == "oplog":
+            if mongo.local["oplog.rs"].find_one({}, projection={"ts": 1}) is None:
+                raise UsageError("--capture oplog needs a replica-set member with an oplog",
+                                 "connect to a replica-set member, or use the default change streams")
+            return
+        try:
+            mongo.watch(max_await_time_ms=10).close()
+        except OperationFailure as exc:
+            raise UsageError(f"MongoDB cannot open a change stream: {(exc.details or {}).get('errmsg', exc)}",
+                             "change streams need a replica set or a sharded cluster (MongoDB 4.0+)") from None

@@ -1,0 +1,93 @@
+"""`mongoferry status` and `mongoferry commit`: talk to a job through its metadata database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, UsageError
+from mongoferry.infra.clients import connect, driver_errors, validate_uri
+from mongoferry.infra.config import StatusSettings
+from mongoferry.state.meta import MetaStore
+
+STALE_AFTER_S = 10
+
+
+def _meta(s: StatusSettings) -> MetaStore:
+    uri = validate_uri(s.meta or s.dst, "--meta" if s.meta else "--dst")
+    return MetaStore(connect(uri, "metadata server", s.connect_timeout), s.meta_db)
+
+
+def _job(meta: MetaStore) -> dict[str, Any]:
+    with driver_errors("reading the job"):
+        doc = meta.jobs.find_one({"_id": "job"})
+    if doc is None:
+        raise UsageError(f"no job in the metadata database '{meta.db.name}'",
+                         "point --dst (or --meta) at the destination the job writes to")
+    return doc
+
+
+def run_status(s: StatusSettings, as_json: bool) -> int:
+    meta = _meta(s)
+    doc = _job(meta)
+    snap: dict[str, Any] = dict(doc.get("extra", {}).get("status") or {})
+    snap.setdefault("state", doc["state"].upper())
+    snap["job"] = {"kind": doc["kind"], "state": doc["state"], "updated": str(doc.get("updated"))}
+    updated = snap.get("updated")
+    if isinstance(updated, str):
+        age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(updated)).total_seconds()
+        snap["secondsSinceUpdate"] = round(age, 1)
+    if as_json:
+        print(json.dumps(snap, default=str))
+        return EXIT_OK
+    console = Console()
+    stale = snap.get("secondsSinceUpdate", 0) > STALE_AFTER_S and snap.get("state") not in ("COMMITTED",)
+    console.print(f"[bold]{doc['kind']}[/] state [bold]{snap.get('state')}[/]"
+                  f"  canCommit {snap.get('canCommit', False)}  lag {snap.get('lagTimeSeconds', 0)}s"
+                  + ("  [yellow](not updated for a while: is the process running?)[/]" if stale else ""))
+    copy = snap.get("copy", {})
+    if copy:
+        console.print(f"copy {copy.get('copiedDocs', 0):,}/{copy.get('totalDocs', 0):,} docs")
+    events = snap.get("events", {})
+    if events:
+        console.print("events " + "  ".join(f"{k} {v:,}" for k, v in events.items()))
+    table = Table()
+    for col in ("source", "destination", "source count", "destination count", "delta"):
+        table.add_column(col)
+    for n in snap.get("namespaces", []):
+        table.add_row(n["source"], n["destination"], f"{n['sourceCount']:,}", f"{n['destinationCount']:,}",
+                      str(n["delta"]))
+    console.print(table)
+    if snap.get("lastError"):
+        console.print(f"[red]last error:[/] {snap['lastError']}")
+    return EXIT_OK
+
+
+def run_commit(s: StatusSettings, timeout_s: float = 3600) -> int:
+    meta = _meta(s)
+    doc = _job(meta)
+    if doc["kind"] != "sync":
+        raise UsageError(f"the job is a {doc['kind']}, not a sync", "only a sync can be committed")
+    if doc["state"] == "committed":
+        print("already COMMITTED")
+        return EXIT_OK
+    meta.set_extra(commitRequested=True)
+    print("commit requested; waiting for the sync to drain and verify …")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        doc = _job(meta)
+        status = doc.get("extra", {}).get("status", {})
+        if doc["state"] == "committed":
+            print("COMMITTED")
+            return EXIT_OK
+        if not doc.get("extra", {}).get("commitRequested") and status.get("lastError", "").startswith("commit"):
+            print(f"commit failed: {status['lastError']}")
+            return EXIT_UNEXPECTED
+        time.sleep(0.5)
+    print("timed out waiting for the commit; the request stays pending")
+    return EXIT_UNEXPECTED

@@ -1,0 +1,294 @@
+"""`mongoferry sync`: copy, then replay every change until the operator commits.
+
+States: COPYING → CATCHING_UP → RUNNING (⇄ PAUSED) → COMMITTING → COMMITTED.
+The capture position is taken before the copy reads anything (no gap); events
+are replayed from it after the copy; checkpoints follow applied events only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+from pymongo.errors import OperationFailure, PyMongoError
+
+from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, InconsistencyError, UsageError
+from mongoferry.core.events import Position
+from mongoferry.core.namespaces import NamespaceMap
+from mongoferry.http.server import HttpServer, parse_bind, sync_app
+from mongoferry.infra.clients import Client, driver_errors
+from mongoferry.infra.config import SyncSettings
+from mongoferry.infra.logs import resolve_format
+from mongoferry.infra.progress import make_reporter
+from mongoferry.infra.runtime import stop_on_signals
+from mongoferry.pipeline.copier import Copier
+from mongoferry.pipeline.replay import Replayer
+from mongoferry.sinks.mongo_apply import Applier
+from mongoferry.source import capture as cap
+from mongoferry.state.endpoints import Endpoints, open_endpoints
+from mongoferry.state.status import StatusReporter, SyncStatus
+
+log = logging.getLogger("mongoferry.sync")
+
+COMMAND_NOT_FOUND = 59
+PERSIST_EVERY_S = 1.0
+COUNT_EVERY_S = 5.0
+
+
+def check_capture(client: Client, kind: str, excluded: list[str]) -> None:
+    """Prove the capture can be opened before anything is written."""
+    with driver_errors("opening the change capture on the source"):
+        if kind == "oplog":
+            if client.local["oplog.rs"].find_one({}, projection={"ts": 1}) is None:
+                raise UsageError("--capture oplog needs a replica-set member with an oplog",
+                                 "connect to a replica-set member, or use the default change streams")
+            return
+        try:
+            client.watch([{"$match": {"ns.db": {"$nin": excluded}}}], max_await_time_ms=10).close()
+        except OperationFailure as exc:
+            raise UsageError(f"the source cannot open a change stream: {(exc.details or {}).get('errmsg', exc)}",
+                             "change streams need a replica set or sharded cluster (MongoDB 4.0+)") from None
+
+
+class SyncJob:
+    def __init__(self, settings: SyncSettings, ends: Endpoints, status: SyncStatus, stop: threading.Event) -> None:
+        self.s = settings
+        self.ends = ends
+        self.status = status
+        self.stop = stop
+        self.excluded = ["admin", "config", "local", settings.meta_db]
+        self.mapping: dict[str, str] = {}
+        self.write_blocked = False
+        self._last_persist = 0.0
+        self._last_count = 0.0
+
+    # ------------------------------------------------------------------ phases
+    def copy_phase(self, copier: Copier) -> bool:
+        meta, src = self.ends.meta, self.ends.src
+        job = copier.job
+        if job is None or job.state == "initializing":
+            start = Position(cap.current_time(src))
+            copier.initialise(extra={"capture": self.s.capture},
+                              before_copy=lambda: meta.save_checkpoint("capture", start))
+            job = copier.job
+        assert job is not None
+        self.mapping = copier.mapping
+        if job.state == "copying":
+            self.status.set(state="COPYING")
+            if not copier.copy():
+                return False
+            with driver_errors("recording the end of the copy"):
+                meta.set_state("replaying", copy_end=cap.current_time(src))
+        return True
+
+    def open_capture(self, client: Client, excluded: list[str]) -> Any:
+        def opener(position: Position) -> cap.Capture:
+            if self.s.capture == "oplog":
+                return cap.OplogCapture(client, position)
+            return cap.ChangeStreamCapture(client, position, excluded)
+        return opener
+
+    def replay_phase(self) -> int:
+        meta = self.ends.meta
+        with driver_errors("reading the job's checkpoint"):
+            job = meta.load_job()
+            start = meta.load_checkpoint("capture")
+        assert job is not None and start is not None, "a sync job always saves its start position before copying"
+        self.mapping = self.mapping or job.namespaces
+        self.status.set(copy_done=True, state="COMMITTED" if job.state == "committed" else "CATCHING_UP")
+        if job.state == "committed":
+            return self.reverse_phase() if self.s.reverse else EXIT_OK
+        applier = Applier(self.ends.src, self.ends.dst, self.ends.nsmap, lookup_until=job.extra.get("copy_end"))
+        replayer = Replayer(self.open_capture(self.ends.src, self.excluded), applier, meta, self.status,
+                            self.stop, start, max_batch=self.s.max_batch)
+        try:
+            while not self.stop.is_set():
+                if self.commit_requested():
+                    if self.commit(replayer):
+                        return self.reverse_phase() if self.s.reverse else EXIT_OK
+                    continue
+                if self.status.paused:
+                    self.status.set(state="PAUSED")
+                    self.persist()
+                    self.stop.wait(0.2)
+                    continue
+                batch = replayer.step()
+                caught_up = batch.idle or (batch.units and self.status.lag < 1.0)
+                if self.status.state in ("PAUSED", "CATCHING_UP"):
+                    self.status.set(state="RUNNING" if caught_up else "CATCHING_UP")
+                self.persist()
+        finally:
+            replayer.close()
+            self.persist(force=True)
+        log.info("sync stopped; run the same command to continue")
+        return EXIT_OK
+
+    # ------------------------------------------------------------------ commit
+    def commit_requested(self) -> bool:
+        if self.status.commit_requested:
+            return True
+        try:
+            job = self.ends.meta.jobs.find_one({"_id": "job"}, projection={"extra.commitRequested": 1})
+        except PyMongoError:
+            return False
+        if job and job.get("extra", {}).get("commitRequested"):
+            self.status.set(commit_requested=True)
+            return True
+        return False
+
+    def commit(self, replayer: Replayer) -> bool:
+        src = self.ends.src
+        self.status.set(state="COMMITTING", paused=False)
+        self.persist(force=True)
+        log.info("commit: blocking writes and draining", extra={"writeBlock": not self.s.no_write_block})
+        if not self.s.no_write_block:
+            try:
+                src.admin.command({"setUserWriteBlockMode": 1, "global": True})
+                self.write_blocked = True
+            except OperationFailure as exc:
+                if exc.code != COMMAND_NOT_FOUND:
+                    raise
+                return self.commit_failed("the source cannot block writes (setUserWriteBlockMode needs MongoDB 6.0+): "
+                                          "stop the application writers yourself, then commit with --no-write-block")
+        replayer.drain()
+        if self.stop.is_set():
+            return False
+        rows = self.count_rows(exact=True)
+        differing = [r for r in rows if r["delta"]]
+        if differing:
+            return self.commit_failed("counts differ after draining: " + ", ".join(
+                f"{r['source']} {r['sourceCount']} vs {r['destinationCount']}" for r in differing)
+                + " (are writers still running? use write blocking or stop them)")
+        if not self.s.no_verify:
+            failed = self.verify_final_state()
+            if failed:
+                return self.commit_failed(failed)
+        self.reverse_start = cap.current_time(self.ends.dst)
+        self.ends.meta.set_state("committed", reverseStart=self.reverse_start, commitRequested=False)
+        self.status.set(state="COMMITTED", lag=0.0, commit_requested=False)
+        self.persist(force=True)
+        log.info("COMMITTED: the destination holds everything the source wrote; repoint the applications")
+        return True
+
+    def verify_final_state(self) -> str | None:
+        """Compare every document and the metadata of both sides; a reason to refuse, or None."""
+        from mongoferry.infra.config import VerifySettings
+        from mongoferry.verify.oneshot import OneShot
+
+        log.info("commit: verifying the final state (skip with --no-verify)")
+        vs = VerifySettings.model_validate({
+            "src": self.s.src, "dst": self.s.dst, "include": self.s.include, "exclude": self.s.exclude,
+            "rename": self.s.rename, "meta_db": self.s.meta_db, "workers": self.s.workers, "check_only": True})
+        sink = OneShot(vs, self.ends.src, self.ends.dst, self.ends.nsmap, self.stop).run()
+        if self.stop.is_set():
+            return "stopped during the final verification"
+        if sink.total:
+            from mongoferry.verify.findings import describe_finding
+
+            for finding in sink.shown()[:20]:
+                log.error("verification finding", extra={"finding": " / ".join(describe_finding(finding))})
+            return (f"the final verification found {sink.total} difference(s); run `mongoferry verify "
+                    "--check-only` with the same options for the report (or commit with --no-verify)")
+        log.info("commit: verification found the two sides identical")
+        return None
+
+    def commit_failed(self, why: str) -> bool:
+        log.error("commit failed", extra={"reason": why})
+        if self.write_blocked:
+            self.ends.src.admin.command({"setUserWriteBlockMode": 1, "global": False})
+            self.write_blocked = False
+        self.ends.meta.set_extra(commitRequested=False)
+        self.status.set(state="RUNNING", commit_requested=False, last_error=f"commit failed: {why}",
+                        errors=self.status.errors + 1)
+        self.persist(force=True)
+        return False
+
+    # ------------------------------------------------------------------ reverse
+    def reverse_phase(self) -> int:
+        """After commit: replay destination → source so the cutover can be rolled back."""
+        meta = self.ends.meta
+        if self.write_blocked:
+            self.ends.src.admin.command({"setUserWriteBlockMode": 1, "global": False})
+            self.write_blocked = False
+        job = meta.load_job()
+        assert job is not None
+        start = meta.load_checkpoint("reverse") or Position(job.extra["reverseStart"])
+        reverse_map = NamespaceMap(include=tuple(self.mapping.values()),
+                                   coll_renames={d: s for s, d in self.mapping.items() if d != s},
+                                   meta_db=self.s.meta_db)
+        applier = Applier(self.ends.dst, self.ends.src, reverse_map)
+        replayer = Replayer(self.open_capture(self.ends.dst, self.excluded), applier, meta, self.status,
+                            self.stop, start, checkpoint_id="reverse", max_batch=self.s.max_batch)
+        log.info("reverse replication running: destination → source")
+        try:
+            while not self.stop.is_set():
+                replayer.step()
+                self.persist()
+        finally:
+            replayer.close()
+        return EXIT_OK
+
+    # ------------------------------------------------------------------ status
+    def count_rows(self, exact: bool = False) -> list[dict[str, Any]]:
+        rows = []
+        for src_ns, dst_ns in sorted(self.mapping.items()):
+            sdb, _, scoll = src_ns.partition(".")
+            ddb, _, dcoll = dst_ns.partition(".")
+            if exact:
+                a = self.ends.src[sdb][scoll].count_documents({})
+                b = self.ends.dst[ddb][dcoll].count_documents({})
+            else:
+                a = self.ends.src[sdb][scoll].estimated_document_count()
+                b = self.ends.dst[ddb][dcoll].estimated_document_count()
+            rows.append({"source": src_ns, "destination": dst_ns, "sourceCount": a, "destinationCount": b,
+                         "delta": a - b})
+        return rows
+
+    def persist(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_count >= COUNT_EVERY_S:
+            self._last_count = now
+            with contextlib.suppress(PyMongoError):  # counts are informative; a blip must not stop the sync
+                self.status.set(namespaces=self.count_rows())
+        if force or now - self._last_persist >= PERSIST_EVERY_S:
+            self._last_persist = now
+            with contextlib.suppress(PyMongoError):
+                self.ends.meta.set_extra(status=self.status.snapshot())
+
+
+def run_sync(settings: SyncSettings) -> int:
+    fmt = resolve_format(settings.log_format)
+    bind = parse_bind(settings.http)
+    ends = open_endpoints(settings)
+    status = SyncStatus()
+    http: HttpServer | None = None
+    try:
+        with stop_on_signals() as stop:
+            job = SyncJob(settings, ends, status, stop)
+            reporter = StatusReporter(make_reporter(fmt), status)
+            copier = Copier(settings, ends.src, ends.dst, ends.meta, ends.nsmap, reporter, stop, kind="sync")
+            try:
+                copier.validate()
+                check_capture(ends.src, settings.capture, job.excluded)
+                if bind:
+                    http = HttpServer(sync_app(status), *bind).start()
+                log.info("sync resuming" if copier.resumed else "sync starting",
+                         extra={"namespaces": len(copier.mapping), "capture": settings.capture,
+                                "http": f"{bind[0]}:{bind[1]}" if bind else "off"})
+                copied = job.copy_phase(copier)
+            finally:
+                reporter.close()
+            if not copied:
+                log.warning("sync stopped during the copy; run the same command again to resume")
+                return EXIT_UNEXPECTED if not stop.is_set() else EXIT_OK
+            return job.replay_phase()
+    except InconsistencyError:
+        status.set(last_error="history lost")
+        raise
+    finally:
+        if http is not None:
+            http.stop()
+        ends.close()

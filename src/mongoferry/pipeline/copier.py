@@ -1,0 +1,351 @@
+"""The copy engine: a parallel, resumable, byte-exact snapshot copy.
+
+Order of work (nothing is written before step 4, so bad input writes nothing):
+1. read the source catalog and resolve the selection (include/exclude/rename);
+2. read the job in the metadata store: resume it, or refuse a changed selection;
+3. for a new job, refuse destination namespaces that already hold data (unless --drop-dst);
+4. initialise: create collections (options) and views, plan `_id` partitions, persist them;
+5. copy partitions in parallel, checkpointing `last_id` after every acknowledged batch;
+6. when a collection's partitions are done, build its secondary indexes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import ConnectionFailure, CursorNotFound, OperationFailure, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from mongoferry.core.errors import UsageError
+from mongoferry.core.model import CollectionSpec, Partition
+from mongoferry.core.namespaces import NamespaceMap
+from mongoferry.infra.clients import RAW, Client, driver_errors
+from mongoferry.infra.config import CopySettings
+from mongoferry.infra.progress import Reporter
+from mongoferry.sinks.mongo import MongoWriter
+from mongoferry.source import catalog, partition
+from mongoferry.state.meta import Job, MetaStore
+
+log = logging.getLogger("mongoferry.copy")
+
+MIN_PARTITION_DOCS = 10_000
+RETRIES = 8
+# A checkpoint costs a write; a resume re-copies at most this much time's worth of batches.
+CHECKPOINT_EVERY_S = 1.0
+
+
+def source_identity(uri: str) -> list[str]:
+    """The hosts of a URI, which identify a deployment independently of options and password."""
+    return sorted(f"{h}:{p}" for h, p in parse_uri(uri)["nodelist"])
+
+
+def partition_target(count: int, workers: int, configured: int) -> int:
+    """Documents per partition: the configured size, smaller when that would leave workers idle."""
+    if count <= configured * workers * 2:
+        return min(configured, max(MIN_PARTITION_DOCS, math.ceil(count / (workers * 2))))
+    return configured
+
+
+@dataclass
+class CopyOutcome:
+    completed: bool
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Copier:
+    def __init__(self, settings: CopySettings, src: Client, dst: Client, meta: MetaStore,
+                 nsmap: NamespaceMap, reporter: Reporter, stop: threading.Event, kind: str = "copy") -> None:
+        self.settings = settings
+        self.src = src
+        self.dst = dst
+        self.meta = meta
+        self.nsmap = nsmap
+        self.reporter = reporter
+        self.stop = stop
+        self.kind = kind
+        self.writer = MongoWriter(dst)
+        self.mapping: dict[str, str] = {}
+        self.specs: dict[str, CollectionSpec] = {}
+        self.resumed = False
+        self.job: Job | None = None
+        self._lock = threading.Lock()
+        self._remaining: dict[str, int] = {}
+        # Hooks for sync: called once a namespace's documents are all copied.
+        self.on_namespace_copied: Callable[[str], None] | None = None
+
+    # ---------------------------------------------------------------- validation (read-only)
+    def fingerprint(self) -> dict[str, Any]:
+        assert self.settings.src is not None
+        return {"kind": self.kind, "source": source_identity(self.settings.src),
+                "selection": self.nsmap.fingerprint()}
+
+    def validate(self) -> None:
+        """Read-only checks. Raises UsageError for anything that must stop the job before a write."""
+        with driver_errors("reading the source catalog"):
+            names = catalog.list_namespaces(self.src, self.nsmap)
+            self.mapping = self.nsmap.resolve(names)
+            existing = self.meta.load_job()
+        fp = self.fingerprint()
+        if existing and existing.state != "done":
+            if existing.fingerprint != fp:
+                raise UsageError(
+                    f"the metadata database holds an unfinished {existing.kind} with a different "
+                    f"selection or source ({_describe_fp(existing.fingerprint)})",
+                    "rerun with the original options to resume it, or drop the metadata database "
+                    f"'{self.meta.db.name}' to start over",
+                )
+            self.resumed = True
+            self.job = existing
+            # A resumed job keeps the namespaces it started with.
+            self.mapping = dict(existing.namespaces) or self.mapping
+        with driver_errors("reading the source catalog"):
+            for ns in self.mapping:
+                spec = catalog.describe(self.src, ns)
+                if spec is not None:
+                    self.specs[ns] = spec
+        if not self.resumed and not self.settings.drop_dst:
+            with driver_errors("checking the destination"):
+                for dst_ns in self.mapping.values():
+                    why = catalog.holds_data(self.dst, dst_ns)
+                    if why:
+                        raise UsageError(
+                            f"destination namespace {dst_ns} {why}",
+                            "pass --drop-dst to replace it, or choose another name with --rename",
+                        )
+
+    # ---------------------------------------------------------------- initialisation (writes begin)
+    def initialise(self, extra: dict[str, Any] | None = None,
+                   before_copy: Callable[[], None] | None = None) -> None:
+        if not self.resumed:
+            self.job = Job(kind=self.kind, fingerprint=self.fingerprint(), state="initializing",
+                           namespaces=self.mapping, extra=extra or {})
+            with driver_errors("starting the job in the metadata database"):
+                self.meta.start_job(self.job)
+        assert self.job is not None
+        if self.job.state != "initializing":
+            return
+        with driver_errors("creating destination collections"):
+            self._create_destination()
+            if before_copy is not None:
+                before_copy()  # e.g. sync saves its capture start position: it must exist before any read
+            self.meta.set_state("copying")
+        self.job.state = "copying"
+
+    def _create_destination(self) -> None:
+        ordered = sorted(self.mapping.items(), key=lambda kv: self.specs.get(kv[0], _VIEW).kind == "view")
+        for src_ns, dst_ns in ordered:
+            spec = self.specs.get(src_ns)
+            if spec is None:  # dropped on the source since the selection was resolved
+                continue
+            if self.settings.drop_dst:
+                self.writer.drop(dst_ns)
+            if spec.kind == "view":
+                self.writer.create(dst_ns, spec, view_on=self._mapped_view_on(src_ns, spec))
+                self.meta.save_collection(src_ns, {"dst": dst_ns, "spec": spec.to_doc(), "state": "done"})
+                continue
+            self.writer.create(dst_ns, spec)
+            if spec.natural_order:
+                parts = partition.natural(src_ns)
+            elif self.settings.workers == 1:
+                parts = partition.ranges(src_ns, [])  # one reader: planning ranges would only cost a scan
+            else:
+                target = partition_target(spec.count, self.settings.workers, self.settings.partition_docs)
+                parts = partition.plan(self.src[spec.db][spec.name], src_ns, spec.count, target)
+            self.meta.save_partitions(src_ns, parts)
+            self.meta.save_collection(src_ns, {"dst": dst_ns, "spec": spec.to_doc(), "state": "copying"})
+
+    def _mapped_view_on(self, src_ns: str, spec: CollectionSpec) -> str:
+        view_on = str(spec.options.get("viewOn", ""))
+        target_db, _, target_coll = self.nsmap.target(f"{spec.db}.{view_on}").partition(".")
+        if target_db != self.mapping[src_ns].partition(".")[0]:
+            log.warning("view source renamed to another database; keeping the original viewOn",
+                        extra={"ns": src_ns, "viewOn": view_on})
+            return view_on
+        return target_coll
+
+    # ---------------------------------------------------------------- copying
+    def copy(self) -> bool:
+        """Copy every unfinished partition; True when all data and indexes are in place."""
+        with driver_errors("reading the job's progress"):
+            colls = {d["_id"]: d for d in self.meta.load_collections()}
+            parts = self.meta.load_partitions()
+        for ns, d in colls.items():
+            if d["spec"]["kind"] == "view":
+                continue
+            mine = [p for p in parts if p.ns == ns]
+            self.reporter.add(ns, d["dst"], max(d["spec"].get("count", 0), sum(p.docs for p in mine)),
+                              d["spec"].get("size", 0), sum(p.docs for p in mine), sum(p.bytes for p in mine))
+            self._remaining[ns] = sum(1 for p in mine if not p.done)
+        todo = [p for p in parts if not p.done and p.ns in colls]
+        # Large namespaces first so the tail of the copy stays parallel.
+        todo.sort(key=lambda p: (-colls[p.ns]["spec"].get("count", 0), p.ns, p.index))
+        for ns, left in list(self._remaining.items()):
+            if left == 0 and colls[ns]["state"] != "done":
+                self._finish_namespace(ns, colls[ns])
+        if todo:
+            with ThreadPoolExecutor(self.settings.workers, thread_name_prefix="copy") as pool:
+                futures: list[Future[None]] = [pool.submit(self._run_partition, p, colls[p.ns]) for p in todo]
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    if f.exception() is not None:
+                        self.stop.set()
+                        for other in futures:
+                            other.cancel()
+                        raise f.exception()  # type: ignore[misc]
+        if self.stop.is_set():
+            return False
+        with driver_errors("finishing the copy"):
+            return all(d["state"] == "done" for d in self.meta.load_collections())
+
+    def _run_partition(self, p: Partition, coll_doc: dict[str, Any]) -> None:
+        if self.stop.is_set():
+            return
+        for attempt in range(RETRIES):
+            try:
+                self._copy_partition(p, coll_doc, first_attempt=attempt == 0)
+                break
+            except (ConnectionFailure, CursorNotFound) as exc:
+                if attempt == RETRIES - 1 or self.stop.is_set():
+                    raise
+                log.warning("partition interrupted, retrying from its checkpoint",
+                            extra={"partition": p.id, "error": type(exc).__name__, "attempt": attempt + 1})
+                time.sleep(min(0.5 * 2**attempt, 10))
+        if not p.done:
+            return
+        with self._lock:
+            self._remaining[p.ns] -= 1
+            last = self._remaining[p.ns] == 0
+        if last:
+            self._finish_namespace(p.ns, coll_doc)
+
+    def _copy_partition(self, p: Partition, coll_doc: dict[str, Any], first_attempt: bool) -> None:
+        dst_ns = coll_doc["dst"]
+        spec = CollectionSpec.from_doc(p.ns, coll_doc["spec"])
+        if p.natural and (self.resumed or not first_attempt):
+            # A natural-order copy has no resume point: start it again on an empty collection.
+            self.writer.drop(dst_ns)
+            self.writer.create(dst_ns, spec)
+            self.reporter.advance(p.ns, -p.docs, -p.bytes)
+            p.docs = p.bytes = 0
+            self.meta.reset_partition(p)
+        src_coll = self.src[spec.db].get_collection(spec.name, codec_options=RAW)
+        batches: queue.Queue[tuple[list[RawBSONDocument], int] | BaseException | None] = queue.Queue(maxsize=3)
+        reader = threading.Thread(target=self._read, args=(src_coll, p, batches), daemon=True,
+                                  name=f"read-{p.id}")
+        reader.start()
+        last_checkpoint = time.monotonic()
+        try:
+            while True:
+                item = batches.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                docs, nbytes = item
+                self.writer.insert_copied(dst_ns, docs)
+                p.docs += len(docs)
+                p.bytes += nbytes
+                if not p.natural:
+                    p.last_id = docs[-1]["_id"]
+                    p.has_last = True
+                now = time.monotonic()
+                if now - last_checkpoint >= CHECKPOINT_EVERY_S:
+                    self.meta.checkpoint_partition(p)
+                    last_checkpoint = now
+                self.reporter.advance(p.ns, len(docs), nbytes)
+                if self.stop.is_set():
+                    self.meta.checkpoint_partition(p)
+                    return
+            p.done = True
+            self.meta.checkpoint_partition(p)
+        finally:
+            self._drain(batches, reader)
+
+    def _read(self, coll: Any, p: Partition, out: queue.Queue[Any]) -> None:
+        try:
+            if p.natural:
+                cursor = coll.find_raw_batches({}, batch_size=self.settings.batch_size)
+            else:
+                cursor = coll.find_raw_batches({}, batch_size=self.settings.batch_size,
+                                               sort=[("_id", 1)]).hint([("_id", 1)])
+                if p.has_last:
+                    cursor = cursor.min([("_id", p.last_id)])
+                elif p.has_lower:
+                    cursor = cursor.min([("_id", p.lower)])
+                if p.has_upper:
+                    cursor = cursor.max([("_id", p.upper)])
+            for raw in cursor:
+                docs = bson.decode_all(raw, RAW)
+                if docs:
+                    out.put((docs, len(raw)))
+                if self.stop.is_set():
+                    break
+            out.put(None)
+        except BaseException as exc:
+            out.put(exc)
+
+    @staticmethod
+    def _drain(batches: queue.Queue[Any], reader: threading.Thread) -> None:
+        while reader.is_alive():
+            try:
+                batches.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        reader.join()
+
+    def _finish_namespace(self, ns: str, coll_doc: dict[str, Any]) -> None:
+        spec = CollectionSpec.from_doc(ns, coll_doc["spec"])
+        dst_ns = coll_doc["dst"]
+        started = time.monotonic()
+        with driver_errors(f"building indexes on {dst_ns}"):
+            self.writer.create_indexes(dst_ns, spec.secondary_indexes())
+            self.meta.update_collection(ns, state="done")
+        coll_doc["state"] = "done"
+        self.reporter.finish(ns)
+        log.info("namespace copied", extra={"ns": ns, "dst": dst_ns,
+                                            "indexes": len(spec.secondary_indexes()),
+                                            "indexSeconds": round(time.monotonic() - started, 2)})
+        if self.on_namespace_copied:
+            self.on_namespace_copied(ns)
+
+    # ---------------------------------------------------------------- summary
+    def counts(self) -> list[dict[str, Any]]:
+        """Source and destination counts per namespace, all asked at once. Metadata counts: cheap on
+        MongoDB at any size (some compatible servers scan); `mongoferry verify` is the exact proof."""
+        def count(client: Client, ns: str) -> int:
+            db, _, coll = ns.partition(".")
+            return int(client[db][coll].estimated_document_count())
+
+        pairs = sorted(self.mapping.items())
+        with driver_errors("counting documents"), ThreadPoolExecutor(max(1, min(8, 2 * len(pairs)))) as pool:
+            src_n = [pool.submit(count, self.src, s) for s, _ in pairs]
+            dst_n = [pool.submit(count, self.dst, d) for _, d in pairs]
+            return [{"source": s, "destination": d, "sourceCount": a.result(), "destinationCount": b.result(),
+                     "delta": a.result() - b.result()} for (s, d), a, b in zip(pairs, src_n, dst_n, strict=True)]
+
+
+_VIEW = CollectionSpec(ns="", kind="collection")
+
+
+def _describe_fp(fp: dict[str, Any]) -> str:
+    sel = fp.get("selection", {})
+    parts = [f"source {','.join(fp.get('source', []))}"]
+    for key in ("include", "exclude", "rename"):
+        if sel.get(key):
+            parts.append(f"{key} {','.join(sel[key])}")
+    return "; ".join(parts)
+
+
+def is_transient(exc: PyMongoError) -> bool:
+    return isinstance(exc, ConnectionFailure | CursorNotFound) or (
+        isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError"))

@@ -1,0 +1,342 @@
+"""Applying captured changes to a MongoDB destination: idempotent, at-least-once.
+
+For each run of non-transaction events (and for each transaction on its own):
+1. every event's namespace is mapped (include/exclude/rename); the rest are ignored;
+2. the documents touched are simulated in memory, in event order: inserts and
+   replacements set the document, deletes remove it, updates are applied to the
+   destination's current document exactly as the server would (diff_apply);
+3. where an update cannot be reproduced exactly (a change event's description
+   is ambiguous, or the event falls in the copy window where the destination may
+   already be ahead), the source's current document is read instead ("lookup");
+   the batch's other events for that document are then not replayed (the read holds them);
+4. one final write per document (replace-upsert or delete), in the order of each
+   document's last event; a transaction's writes go in one destination transaction.
+Replaying any event twice leaves the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from bson import Timestamp
+from bson.raw_bson import RawBSONDocument
+from pymongo import DeleteOne, InsertOne, ReplaceOne
+from pymongo.client_session import ClientSession
+from pymongo.errors import PyMongoError
+
+from mongoferry.core import diff_apply
+from mongoferry.core.errors import InconsistencyError
+from mongoferry.core.events import ChangeEvent
+from mongoferry.core.namespaces import NamespaceMap
+from mongoferry.infra.clients import DECODED, Client
+from mongoferry.sinks.mongo import MongoWriter
+
+log = logging.getLogger("mongoferry.apply")
+
+Key = tuple[str, bytes]  # (destination namespace, encoded {_id})
+EVENT_TYPES = ("insert", "update", "replace", "delete", "ddl", "txn", "skipped")
+MAX_GROUP_EVENTS = 1000  # bounds one destination transaction
+
+
+@dataclass
+class DocState:
+    src_ns: str
+    dst_ns: str
+    doc_id: Any
+    doc: dict[str, Any] | None = None  # the document as it must end, None = deleted
+    lookup: bool = False  # final state comes from reading the source
+    last_seq: int = 0
+    touched: bool = True  # False: an update of a document that is not there — nothing to write
+    events: list[ChangeEvent] = field(default_factory=list)
+
+    @property
+    def is_new(self) -> bool:
+        """Only inserted in this batch: written as an insert (a duplicate becomes a replace)."""
+        return len(self.events) == 1 and self.events[0].op == "insert"
+
+
+@dataclass
+class ApplyStats:
+    counts: Counter[str] = field(default_factory=Counter)
+    lookups: int = 0
+    missing_for_update: int = 0
+
+
+def _key(dst_ns: str, doc_id: Any) -> Key:
+    return dst_ns, bson.encode({"_id": doc_id})
+
+
+def _as_dict(doc: Any) -> dict[str, Any]:
+    if isinstance(doc, RawBSONDocument):
+        return bson.decode(doc.raw, DECODED)
+    return dict(doc)
+
+
+class Applier:
+    def __init__(self, src: Client | None, dst: Client, nsmap: NamespaceMap, *,
+                 lookup_until: Timestamp | None = None, use_transactions: bool = True) -> None:
+        self.src = src  # None: no source to read (oplog files); an irreproducible update is an error
+        self.dst = dst
+        self.nsmap = nsmap
+        self.writer = MongoWriter(dst)
+        # Events at or before this time may find the destination ahead of them (the copy
+        # read later state): their updates are resolved by reading the source.
+        self.lookup_until = lookup_until
+        self.use_transactions = use_transactions
+        self.stats = ApplyStats()
+        self._seq = 0
+
+    # ------------------------------------------------------------------ entry point
+    def apply(self, units: list[list[ChangeEvent]]) -> None:
+        """Apply units in order. Consecutive units of the same kind form one group, written together:
+        consecutive source transactions share one destination transaction (each stays all-or-nothing),
+        other writes go outside transactions (capped collections, for one, refuse them)."""
+        group: list[ChangeEvent] = []
+        has_txn = False
+        for unit in units:
+            events = [e for e in unit if self._wanted(e)]
+            for ddl in [e for e in events if e.op == "ddl"]:
+                # DDL is not transactional: write what came before it, then run it.
+                self._flush(group, has_txn)
+                group, has_txn = [], False
+                self._apply_ddl(ddl)
+            crud = [e for e in events if e.op != "ddl"]
+            if not crud:
+                continue
+            is_txn = len(unit) > 1 or unit[0].txn is not None
+            if group and is_txn != has_txn:
+                self._flush(group, has_txn)
+                group = []
+            has_txn = is_txn
+            if is_txn:
+                self.stats.counts["txn"] += 1
+            group.extend(crud)
+            if len(group) >= MAX_GROUP_EVENTS:
+                self._flush(group, has_txn)
+                group, has_txn = [], False
+        self._flush(group, has_txn)
+
+    def _wanted(self, e: ChangeEvent) -> bool:
+        if e.op == "noop":
+            return False
+        if e.from_migrate:
+            self.stats.counts["skipped"] += 1
+            return False
+        if e.op == "ddl" and e.ns.endswith(".$cmd"):
+            return self.nsmap.db_selected(e.db)
+        if e.op == "ddl" and e.ddl and "renameCollection" in e.ddl:
+            return self.nsmap.selected(e.ns) or self.nsmap.selected(str(e.ddl.get("to", "")))
+        return self.nsmap.selected(e.ns)
+
+    def _flush(self, events: list[ChangeEvent], transactional: bool) -> None:
+        if not events:
+            return
+        if transactional and self.use_transactions:
+            self._in_transaction(events)
+        else:
+            self._apply_crud(events, session=None)
+
+    # ------------------------------------------------------------------ documents
+    def _apply_crud(self, events: list[ChangeEvent], session: ClientSession | None) -> None:
+        states: dict[Key, DocState] = {}
+        for e in events:
+            self._seq += 1
+            self.stats.counts[e.op] += 1
+            dst_ns = self.nsmap.target(e.ns)
+            key = _key(dst_ns, e.doc_id)
+            st = states.setdefault(key, DocState(e.ns, dst_ns, e.doc_id))
+            st.last_seq = self._seq
+            st.events.append(e)
+        # Which documents need the destination's current version, and which the source's.
+        need_dst: dict[str, set[bytes]] = {}
+        for key, st in states.items():
+            definite = False
+            for e in st.events:
+                if e.op in ("insert", "replace", "delete"):
+                    definite = True
+                    st.lookup = st.lookup or (e.op != "delete" and e.document is None)
+                elif self._needs_lookup(e):
+                    st.lookup = True
+                elif not definite:
+                    need_dst.setdefault(st.dst_ns, set()).add(key[1])
+        current = self._read_destination(need_dst, session)
+        for key, st in states.items():
+            if not st.lookup:
+                self._simulate(st, current.get(key))
+        self._resolve_lookups(states)
+        self._write([st for st in states.values() if st.events or st.lookup], session)
+
+    def _needs_lookup(self, e: ChangeEvent) -> bool:
+        if e.update_kind == "oplog":
+            return False  # real oplog diffs are idempotent by design (initial sync relies on it)
+        return self.lookup_until is not None and e.position.ts <= self.lookup_until
+
+    def _simulate(self, st: DocState, base: dict[str, Any] | None) -> None:
+        doc = base
+        for e in st.events:
+            if e.op in ("insert", "replace"):
+                doc = _as_dict(e.document)
+            elif e.op == "delete":
+                doc = None
+            elif e.op == "update":
+                if doc is None:
+                    # Deleted later on the source, or never copied because it was gone: a later
+                    # event (or the lookup of one) decides; an update never creates a document.
+                    self.stats.missing_for_update += 1
+                    continue
+                new = self._updated(doc, e)
+                if new is None:
+                    st.lookup = True
+                    return
+                doc = new
+        st.doc = doc
+        st.touched = base is not None or doc is not None or any(e.op == "delete" for e in st.events)
+
+    @staticmethod
+    def _updated(doc: dict[str, Any], e: ChangeEvent) -> dict[str, Any] | None:
+        u = e.update or {}
+        if e.update_kind == "oplog":
+            diff = u.get("diff")
+            if isinstance(diff, dict) and "updatedFields" in diff:
+                # SecantusDB writes change-event style descriptions of modifier updates inside its
+                # $v:2 entries: fields that exist are updated in place.
+                return diff_apply.apply_update_description(doc, diff.get("updatedFields", {}),
+                                                           diff.get("removedFields", []),
+                                                           diff.get("truncatedArrays", []), None,
+                                                           assume_in_place=True)
+            return diff_apply.apply_oplog_update(doc, u)
+        if _adds_several_fields_to_one_parent(doc, u.get("updatedFields", {})):
+            # Where one update creates several fields in one object, their order in the document is the
+            # server's to choose (and some servers list them in another order): read the source.
+            return None
+        # After the copy window the destination holds exactly the event's pre-image, so existing fields
+        # are updated in place: exact for every modifier update. (A pipeline update that moves a field is
+        # indistinguishable here; see docs/compatibility.md. diff_apply still refuses the cases it can
+        # detect, which then read the source.)
+        return diff_apply.apply_update_description(doc, u.get("updatedFields", {}), u.get("removedFields", []),
+                                                   u.get("truncatedArrays", []), u.get("disambiguatedPaths"),
+                                                   assume_in_place=True)
+
+    def _read_destination(self, need: dict[str, set[bytes]], session: ClientSession | None) -> dict[Key, Any]:
+        found: dict[Key, Any] = {}
+        for dst_ns, encoded_ids in need.items():
+            db, _, coll = dst_ns.partition(".")
+            ids = [bson.decode(b)["_id"] for b in encoded_ids]
+            for doc in self.dst[db].get_collection(coll, codec_options=DECODED).find(
+                    {"_id": {"$in": ids}}, session=session):
+                found[_key(dst_ns, doc["_id"])] = doc
+        return found
+
+    def _resolve_lookups(self, states: dict[Key, DocState]) -> None:
+        by_ns: dict[tuple[str, str], list[DocState]] = {}
+        for st in states.values():
+            if st.lookup:
+                by_ns.setdefault((st.src_ns, st.dst_ns), []).append(st)
+        if by_ns and self.src is None:
+            st = next(iter(by_ns.values()))[0]
+            raise InconsistencyError(
+                f"cannot reproduce an update of {st.src_ns} _id {st.doc_id!r} exactly, and there is no source "
+                "to read the document from", "report the oplog entry; replay it with `mongoferry sync` instead")
+        for (src_ns, dst_ns), group in by_ns.items():
+            assert self.src is not None
+            db, _, coll = src_ns.partition(".")
+            with self.src.start_session(causal_consistency=True) as s:
+                docs = {_key(dst_ns, d["_id"]): d for d in self.src[db].get_collection(
+                    coll, codec_options=DECODED).find({"_id": {"$in": [g.doc_id for g in group]}}, session=s)}
+            self.stats.lookups += len(group)
+            for st in group:
+                # The source's current document already holds this batch's events for it; later events
+                # are replayed onto it, which converges (no "already read" watermark: a read's
+                # operationTime can pass a concurrent write it did not see).
+                st.doc = docs.get(_key(dst_ns, st.doc_id))
+
+    def _write(self, states: list[DocState], session: ClientSession | None) -> None:
+        by_ns: dict[str, list[DocState]] = {}
+        for st in sorted(states, key=lambda s: s.last_seq):
+            if not st.touched and not st.lookup:
+                continue
+            by_ns.setdefault(st.dst_ns, []).append(st)
+        for dst_ns, group in by_ns.items():
+            ops: list[Any] = []
+            for st in group:
+                if st.doc is None:
+                    ops.append(DeleteOne({"_id": st.doc_id}))
+                elif st.is_new and not st.lookup and session is None:
+                    # A duplicate-key error is recovered from, except in a transaction, where any
+                    # write error aborts it: there every write is an upsert.
+                    ops.append(InsertOne(st.doc))
+                else:
+                    ops.append(ReplaceOne({"_id": st.doc_id}, st.doc, upsert=True))
+            self.writer.bulk(dst_ns, ops, session=session)
+
+    # ------------------------------------------------------------------ transactions
+    def _index_specs_from_source(self, ns: str, ddl: dict[str, Any]) -> dict[str, Any]:
+        """The source's own listIndexes is the authority on an index's options (a change event may not
+        carry them all); an index already dropped again keeps the event's spec."""
+        assert self.src is not None
+        db, _, coll = ns.partition(".")
+        try:
+            listed = {ix["name"]: dict(ix) for ix in self.src[db][coll].list_indexes()}
+        except PyMongoError:
+            return ddl
+        specs = [listed.get(ix.get("name"), ix) for ix in ddl.get("indexes", [])]
+        return {**ddl, "indexes": specs}
+
+    def _in_transaction(self, crud: list[ChangeEvent], attempts: int = 20) -> None:
+        """All of one source transaction in one destination transaction, retried on transient errors."""
+        for attempt in range(attempts):
+            with self.dst.start_session() as session:
+                try:
+                    session.start_transaction()
+                    self._apply_crud(crud, session=session)
+                    session.commit_transaction()
+                    return
+                except PyMongoError as exc:
+                    if session.in_transaction:
+                        with contextlib.suppress(PyMongoError):
+                            session.abort_transaction()
+                    if not exc.has_error_label("TransientTransactionError") or attempt == attempts - 1:
+                        raise
+                    log.warning("destination transaction conflict, retrying",
+                                extra={"attempt": attempt + 1, "error": str(exc)[:200]})
+                    time.sleep(min(0.05 * 2**attempt, 2.0))
+
+    # ------------------------------------------------------------------ DDL
+    def _apply_ddl(self, e: ChangeEvent) -> None:
+        ddl = e.ddl or {}
+        if "createIndexes" in ddl and self.src is not None:
+            ddl = self._index_specs_from_source(e.ns, ddl)
+        handled = self.writer.apply_ddl(e.ns, ddl, self.nsmap)
+        self.stats.counts["ddl" if handled else "skipped"] += 1
+        if not handled:
+            log.warning("DDL not replicated", extra={"ns": e.ns, "command": next(iter(ddl), "?")})
+
+
+def _path_exists(doc: Any, path: str) -> bool:
+    node = doc
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def _adds_several_fields_to_one_parent(doc: dict[str, Any], updated: dict[str, Any]) -> bool:
+    parents: set[str] = set()
+    for path in updated:
+        parent, _, last = path.rpartition(".")
+        if last.isdigit() or _path_exists(doc, path):
+            continue
+        if parent in parents:
+            return True
+        parents.add(parent)
+    return False
