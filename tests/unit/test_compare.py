@@ -18,22 +18,24 @@ from bson.son import SON
 
 from mongoferry.verify.compare import (
     BSON_TYPE_NAMES,
-    INDEX_SPEC_TOLERANCES,
     CompareMode,
     FieldDiff,
-    IndexDiff,
-    SpecDiff,
-    compare_collection_specs,
-    compare_index_specs,
     compare_raw_documents,
     doc_key,
     doc_key_for_value,
     id_key_from_raw_document,
-    index_patch_suppressed,
     mismatch_detail,
-    normalize_index_spec,
     pairing_key,
     top_level_mismatches,
+)
+from mongoferry.verify.spec_compare import (
+    INDEX_SPEC_TOLERANCES,
+    IndexDiff,
+    SpecDiff,
+    compare_collection_specs,
+    compare_index_specs,
+    index_patch_suppressed,
+    normalize_index_spec,
 )
 
 MODES: tuple[CompareMode, ...] = ("binary", "ignore-order")

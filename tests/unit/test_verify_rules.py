@@ -16,10 +16,11 @@ from mongoferry.verify.api import (
     parse_index_spec_ignore,
     parse_min_duration,
 )
-from mongoferry.verify.compare import compare_shard_keys, doc_key_for_value, shard_keys_equal
+from mongoferry.verify.compare import doc_key_for_value
 from mongoferry.verify.findings import Pair, id_type, tolerated
 from mongoferry.verify.keys import fast_id_key, id_sort_key, id_value, raw_id_in_filter, split_batch
 from mongoferry.verify.metadata import pair_for_new_namespace, source_of
+from mongoferry.verify.spec_compare import compare_shard_keys, shard_keys_equal
 from mongoferry.verify.tasks import merge_entry, mismatch_since
 
 # ---------------------------------------------------------------------------------------

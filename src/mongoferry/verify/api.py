@@ -24,10 +24,10 @@ from mongoferry.core.errors import MongoferryError
 from mongoferry.infra.config import VerifySettings
 from mongoferry.infra.redact import redact
 from mongoferry.state.endpoints import Endpoints
-from mongoferry.verify.compare import INDEX_SPEC_TOLERANCES
 from mongoferry.verify.findings import Pair, id_type, tolerated
 from mongoferry.verify.keys import id_value, to_json_value
 from mongoferry.verify.metadata import resolve_pairs
+from mongoferry.verify.spec_compare import INDEX_SPEC_TOLERANCES
 
 log = logging.getLogger("mongoferry.verify")
 

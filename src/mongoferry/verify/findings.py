@@ -13,8 +13,9 @@ from bson.codec_options import CodecOptions
 
 from mongoferry.core.namespaces import split_ns
 from mongoferry.infra.clients import RAW, Client
-from mongoferry.verify.compare import BSON_TYPE_NAMES, FieldDiff, index_patch_suppressed, mismatch_detail
+from mongoferry.verify.compare import BSON_TYPE_NAMES, FieldDiff, mismatch_detail
 from mongoferry.verify.keys import id_value, to_json_value
+from mongoferry.verify.spec_compare import index_patch_suppressed
 
 FindingType = Literal["missingOnDst", "extraOnDst", "content"]
 

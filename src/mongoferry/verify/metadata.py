@@ -20,9 +20,9 @@ from mongoferry.core.namespaces import NamespaceMap, split_ns
 from mongoferry.infra.clients import DECODED, RAW, Client, driver_errors
 from mongoferry.infra.config import VerifySettings
 from mongoferry.source import partition
-from mongoferry.verify.compare import compare_collection_specs, compare_index_specs, compare_shard_keys
 from mongoferry.verify.engine import Engine
 from mongoferry.verify.findings import FindingType, NsFinding, Pair
+from mongoferry.verify.spec_compare import compare_collection_specs, compare_index_specs, compare_shard_keys
 
 log = logging.getLogger("mongoferry.verify")
 

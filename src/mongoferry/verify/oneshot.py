@@ -9,9 +9,9 @@ Two modes share one comparison engine:
 What is compared, per selected namespace pair (source -> destination):
 
 * the collection spec (type, options, views' ``viewOn``/``pipeline``, ``readOnly``) with
-  :func:`compare.compare_collection_specs`; a namespace present on one side only is a finding
+  :func:`spec_compare.compare_collection_specs`; a namespace present on one side only is a finding
   and its data is not compared;
-* the indexes with :func:`compare.compare_index_specs` (collections only);
+* the indexes with :func:`spec_compare.compare_index_specs` (collections only);
 * the documents, paired *type-exactly* by ``_id`` (:func:`compare.id_key_from_raw_document`),
   both sides read as raw BSON and compared with :func:`compare.compare_raw_documents`.
 

@@ -44,8 +44,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
-import re
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -53,6 +52,22 @@ from bson.datetime_ms import DatetimeMS
 from bson.dbref import DBRef
 from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
+
+from mongoferry.sinks.redis.fields import (
+    _as_document,
+    _description_fields,
+    _FieldError,
+    _update_fields,
+    flattened_update_fields,
+)
+from mongoferry.sinks.redis.go_json import (
+    _HEX,
+    PROBLEM_UNPROCESSABLE_FIELD,
+    _es_number,
+    _short_repr,
+    _type_name,
+    go_json_string,
+)
 
 __all__ = [
     "DEDUPE_PUBLISH_LUA",
@@ -86,7 +101,6 @@ PROBLEM_MALFORMED: Final = "malformed-entry"
 PROBLEM_MISSING_ID: Final = "missing-id"
 PROBLEM_UNSUPPORTED_ID: Final = "unsupported-id"
 PROBLEM_BAD_UPDATE: Final = "bad-update"
-PROBLEM_UNPROCESSABLE_FIELD: Final = "unprocessable-field"
 
 _U64_MAX: Final = (1 << 64) - 1
 # js-bson promotes an int64 to a JS Number only within +-2**53 (promoteLongs). Beyond
@@ -108,84 +122,6 @@ class Publication:
     dedupe_key: str
     ts: Timestamp
     tx_index: int
-
-
-# --------------------------------------------------------------------------- JSON
-
-
-_HEX: Final = "0123456789abcdef"
-# Characters Go's encoding/json (Marshal, HTML escaping on) does not copy through:
-# '"', '\\', C0 controls, '<', '>', '&', U+2028, U+2029, plus lone surrogates, which
-# are how invalid UTF-8 shows up in a Python str.
-_NEEDS_ESCAPE: Final = re.compile('["\\\\\x00-\x1f<>&\u2028\u2029\ud800-\udfff]')
-
-
-def _escape_table(pre_go122: bool) -> dict[str, str]:
-    table = {chr(c): "\\u00" + _HEX[c >> 4] + _HEX[c & 0xF] for c in range(0x20)}
-    table.update({"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"})
-    if not pre_go122:
-        table.update({"\b": "\\b", "\f": "\\f"})
-    table.update({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
-    table.update({"\u2028": "\\u2028", "\u2029": "\\u2029"})
-    return table
-
-
-_ESCAPES: Final = _escape_table(pre_go122=False)
-_ESCAPES_PRE_GO122: Final = _escape_table(pre_go122=True)
-
-
-def go_json_string(s: str, *, pre_go122: bool = False) -> str:
-    """Encode ``s`` as Go's ``json.Marshal`` does, quotes included.
-
-    No whitespace. ``<``, ``>`` and ``&`` become ``\\u003c``, ``\\u003e`` and
-    ``\\u0026``. U+2028 and U+2029 are escaped. Other non-ASCII characters are written
-    raw. ``\\n``, ``\\r`` and ``\\t`` (and, since Go 1.22, ``\\b`` and ``\\f``) get short
-    escapes; the other C0 controls become ``\\u00xx`` in lowercase hex. Each lone
-    surrogate (one undecodable byte under ``surrogateescape``) becomes ``\\ufffd``.
-    """
-    table = _ESCAPES_PRE_GO122 if pre_go122 else _ESCAPES
-
-    def repl(m: re.Match[str]) -> str:
-        return table.get(m.group(), "\\ufffd")
-
-    return '"' + _NEEDS_ESCAPE.sub(repl, s) + '"'
-
-
-def _shortest_decimal(a: float) -> tuple[str, int]:
-    """Return ``(digits, n)`` with ``a == 0.<digits> * 10**n``, for finite ``a > 0``.
-
-    The digits are the shortest ones that round-trip: Python's ``repr`` produces the
-    same digits as ECMAScript Number::toString and Go ``strconv`` with precision -1.
-    """
-    mantissa, _, exp = repr(a).partition("e")
-    int_part, _, frac_part = mantissa.partition(".")
-    digits = int_part + frac_part
-    stripped = digits.lstrip("0")
-    n = (int(exp) if exp else 0) + len(int_part) - (len(digits) - len(stripped))
-    return stripped.rstrip("0"), n
-
-
-def _es_number(f: float, *, go_negative_zero: bool) -> str:
-    """Format a finite float like ECMAScript ``Number::toString``.
-
-    Go's ``encoding/json`` float encoder has used the same ES6 format since Go 1.8.
-    The one difference is negative zero: Go writes ``-0`` and JavaScript writes ``0``.
-    """
-    if f == 0:
-        return "-0" if go_negative_zero and math.copysign(1.0, f) < 0 else "0"
-    sign = "-" if f < 0 else ""
-    s, n = _shortest_decimal(abs(f))
-    k = len(s)
-    if k <= n <= 21:
-        body = s + "0" * (n - k)
-    elif 0 < n <= 21:
-        body = s[:n] + "." + s[n:]
-    elif -6 < n <= 0:
-        body = "0." + "0" * (-n) + s
-    else:
-        e = n - 1
-        body = s[0] + ("." + s[1:] if k > 1 else "") + "e" + ("+" if e >= 0 else "-") + str(abs(e))
-    return sign + body
 
 
 # --------------------------------------------------------------------------- ids
@@ -263,15 +199,6 @@ def _render_id(id_value: Any, meteor_ids: bool) -> tuple[str, str]:
     if isinstance(id_value, float):
         return suffix, _es_number(id_value, go_negative_zero=True)
     raise TypeError(f"Meteor does not support {_type_name(id_value)} ids")  # pragma: no cover
-
-
-def _type_name(value: Any) -> str:
-    return "nil" if value is None else type(value).__name__
-
-
-def _short_repr(value: Any, limit: int = 80) -> str:
-    r = repr(value)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- keys
@@ -383,205 +310,6 @@ def script_keys_and_args(
         args.append(p.message)
         args.append(b"$".join(encode_channel(c) for c in p.channels))
     return keys, args
-
-
-# --------------------------------------------------------------------------- fields
-
-
-class _FieldError(Exception):
-    """The changed fields cannot be computed at all. Nothing is published."""
-
-
-def _as_document(value: Any) -> Mapping[str, Any] | None:
-    """``value`` as a document, or None.
-
-    Go decodes any embedded document into a map. PyMongo turns ``{$ref, $id}``
-    subdocuments into DBRef objects, so this unwraps them back into their keys.
-    """
-    if isinstance(value, Mapping):
-        return value
-    if isinstance(value, DBRef):
-        doc: Mapping[str, Any] = value.as_doc()
-        return doc
-    return None
-
-
-def _bson_number_as_int64(value: Any) -> int | None:
-    """Go ``RawValue.AsInt64OK``: int32/int64 as is; a double truncated; anything else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) else None
-    return None
-
-
-def _is_v2_update(o: Mapping[str, Any]) -> bool:
-    return "$v" in o and _bson_number_as_int64(o["$v"]) == 2 and "diff" in o
-
-
-def _update_is_replace(o: Mapping[str, Any]) -> bool:
-    return "$set" not in o and "$unset" not in o and not _is_v2_update(o)
-
-
-def _v1_fields(o: Mapping[str, Any], problems: list[str]) -> list[str]:
-    fields: list[str] = []
-    for key, value in o.items():
-        if key == "$v":
-            continue
-        doc = _as_document(value)
-        if doc is None:
-            problems.append(f"v1 update key {key!r} is not a document")
-            continue
-        fields.extend(doc.keys())
-    return fields
-
-
-def _v2_shallow_fields(diff: Mapping[str, Any], problems: list[str]) -> list[str]:
-    fields: list[str] = []
-    for key, value in diff.items():
-        if key in ("i", "u", "d"):
-            doc = _as_document(value)
-            if doc is None:
-                problems.append(f"v2 diff key {key!r} is not a document")
-                continue
-            fields.extend(doc.keys())
-        elif key.startswith("s"):
-            fields.append(key[1:])
-        elif key == "a" or key.startswith("o"):
-            continue
-        else:
-            problems.append(f"unknown v2 diff key {key!r}")
-    return fields
-
-
-# Go RE2 `^u\d+` is not end-anchored and \d is ASCII-only.
-_ARRAY_INDEX_KEY: Final = re.compile(r"u[0-9]")
-
-
-def _is_array_operator(value: Any) -> bool:
-    doc = _as_document(value)
-    if not doc or "a" not in doc:
-        return False
-    return all(k == "a" or _ARRAY_INDEX_KEY.match(k) for k in doc)
-
-
-def _leaf_items(path: str, value: Any) -> Iterator[tuple[str, Any]]:
-    """``(path, value)`` of each leaf below ``value``: non-empty documents (DBRefs too) are
-    walked, everything else (arrays, empty documents, scalars) is a leaf."""
-    doc = _as_document(value)
-    if doc:
-        for key, inner in doc.items():
-            yield from _leaf_items(f"{path}.{key}", inner)
-    else:
-        yield path, value
-
-
-def _flat_keys(prefix: str, obj: Mapping[str, Any]) -> Iterator[str]:
-    for key, value in obj.items():
-        yield from (path for path, _ in _leaf_items(prefix + key, value))
-
-
-def _v2_deep_fields(diff: Mapping[str, Any], prefix: str, problems: list[str]) -> list[str]:
-    """Port of OTR's ``getChangedFieldsFromOplogV2UpdateDeep`` (itself Meteor's converter).
-
-    Go walks a map, so OTR's order is random. Here it is the diff's order.
-    """
-    fields: list[str] = []
-    for key, value in diff.items():
-        if key in ("i", "u", "d"):
-            doc = _as_document(value)
-            if doc is None:
-                problems.append(f"v2 diff key {(prefix + key)!r} is not a document")
-                continue
-            fields.extend(_flat_keys(prefix, doc))
-        elif _is_array_operator(value):
-            doc = _as_document(value)
-            assert doc is not None
-            fields.extend(prefix + key[1:] + "." + k[1:] for k in doc if k != "a")
-        elif key.startswith("s"):
-            doc = _as_document(value)
-            if doc is None:
-                problems.append(f"v2 sub-diff {(prefix + key)!r} is not a document")
-                continue
-            fields.extend(_v2_deep_fields(doc, prefix + key[1:] + ".", problems))
-        elif key == "a":
-            continue
-        else:
-            # Covers 'l' (array truncation), deep 'o...' keys, and 'uN' next to 'sN'.
-            problems.append(f"unknown v2 diff key {(prefix + key)!r}")
-    return fields
-
-
-def _update_fields(o: Mapping[str, Any], deep_fields: bool, problems: list[str]) -> list[str]:
-    """Changed fields of an update's ``o`` (oplog) or ``rawUpdateDescription`` (change stream)."""
-    if _update_is_replace(o):
-        return list(o.keys())
-    if _is_v2_update(o):
-        diff = _as_document(o["diff"])
-        if diff is None:
-            raise _FieldError(f"v2 update diff is a {_type_name(o['diff'])}, not a document")
-        if deep_fields:
-            return _v2_deep_fields(diff, "", problems)
-        return _v2_shallow_fields(diff, problems)
-    return _v1_fields(o, problems)
-
-
-def _description_fields(desc: Mapping[str, Any], deep_fields: bool) -> list[str]:
-    """Changed fields from a change event ``updateDescription`` (no raw form available).
-
-    Paths are taken from ``updatedFields`` keys, then ``removedFields``, then the
-    ``field`` of each ``truncatedArrays`` entry. In shallow mode each path becomes its
-    top-level name (using ``disambiguatedPaths`` when the server sent it, so a field
-    named ``"a.b"`` stays whole). Deep mode keeps the dotted paths (for the leaf paths of
-    document values, as OTR lists them, pass the event through :func:`flattened_update_fields`
-    first). Both keep the order of first appearance, without repeats.
-    """
-    paths: list[str] = []
-    updated = desc.get("updatedFields")
-    if isinstance(updated, Mapping):
-        paths.extend(str(k) for k in updated)
-    removed = desc.get("removedFields")
-    if isinstance(removed, list):
-        paths.extend(p for p in removed if isinstance(p, str))
-    truncated = desc.get("truncatedArrays")
-    if isinstance(truncated, list):
-        for item in truncated:
-            if isinstance(item, Mapping) and isinstance(item.get("field"), str):
-                paths.append(item["field"])
-    if not deep_fields:
-        disambiguated = desc.get("disambiguatedPaths")
-        parts = disambiguated if isinstance(disambiguated, Mapping) else {}
-        tops: list[str] = []
-        for path in paths:
-            components = parts.get(path)
-            if isinstance(components, list) and components and isinstance(components[0], str):
-                tops.append(components[0])
-            else:
-                tops.append(path.split(".", 1)[0])
-        paths = tops
-    return list(dict.fromkeys(paths))
-
-
-def flattened_update_fields(event: Mapping[str, Any]) -> Mapping[str, Any]:
-    """For deep mode: ``event`` with the document values in ``updatedFields`` flattened to leaf paths.
-
-    OTR's deep converter walks each new value (``flatKeys``): ``$set {n: {a: {b: 1}}}`` gives
-    ``n.a.b``, not ``n``. A change event without ``rawUpdateDescription`` (MongoDB before 6.0,
-    or servers that do not offer it) only has ``updatedFields``, so its document values are
-    flattened the same way before the fields are read from it. Arrays and empty documents stay.
-    Anything else (other event types, a ``rawUpdateDescription``, nothing to flatten) is
-    returned as it is; ``event`` itself is never changed.
-    """
-    desc = event.get("updateDescription")
-    if event.get("operationType") != "update" or "rawUpdateDescription" in event or not isinstance(desc, Mapping):
-        return event
-    updated = desc.get("updatedFields")
-    if not isinstance(updated, Mapping) or not any(_as_document(v) for v in updated.values()):
-        return event
-    flat = {path: leaf for key, value in updated.items() for path, leaf in _leaf_items(str(key), value)}
-    return {**event, "updateDescription": {**desc, "updatedFields": flat}}
 
 
 # --------------------------------------------------------------------------- publications
