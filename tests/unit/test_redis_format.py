@@ -30,6 +30,7 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
+from mongoferry.core.namespaces import split_ns
 from mongoferry.sinks.redis.format import (
     DEDUPE_PUBLISH_LUA,
     PROBLEM_BAD_UPDATE,
@@ -44,7 +45,6 @@ from mongoferry.sinks.redis.format import (
     go_json_string,
     last_processed_key,
     meteor_id_stringify,
-    namespace_split,
     parse_resume_value,
     publications_from_change_event,
     publications_from_oplog_entry,
@@ -715,7 +715,7 @@ def test_acceptance_style_positional_inc_and_push() -> None:
     ],
 )
 def test_namespace_split(ns: str, db: str, coll: str) -> None:
-    assert namespace_split(ns) == (db, coll)
+    assert split_ns(ns) == (db, coll)
 
 
 # --------------------------------------------------------------------------- §3/§4 keys

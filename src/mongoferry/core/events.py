@@ -66,10 +66,3 @@ class ChangeEvent:
     @property
     def coll(self) -> str:
         return self.ns.partition(".")[2]
-
-    @property
-    def key(self) -> tuple[str, bytes]:
-        """Events with the same key touch the same document and must keep their order."""
-        import bson
-
-        return self.ns, bson.encode({"_id": self.doc_id})

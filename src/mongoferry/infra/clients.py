@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -97,16 +97,3 @@ def driver_errors(doing: str) -> Iterator[None]:
     except PyMongoError as exc:
         raise translate(exc, doing) from None
 
-
-def retrying(fn: Callable[[], T], attempts: int = 5) -> T:
-    """Retry an idempotent call across transient connection errors."""
-    import time
-
-    for i in range(attempts):
-        try:
-            return fn()
-        except ConnectionFailure:
-            if i == attempts - 1:
-                raise
-            time.sleep(0.2 * (2**i))
-    raise AssertionError("unreachable")

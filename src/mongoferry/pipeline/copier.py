@@ -18,12 +18,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo.errors import ConnectionFailure, CursorNotFound, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, CursorNotFound
 from pymongo.uri_parser import parse_uri
 
 from mongoferry.core.errors import UsageError
@@ -56,12 +55,6 @@ def partition_target(count: int, workers: int, configured: int) -> int:
     return configured
 
 
-@dataclass
-class CopyOutcome:
-    completed: bool
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-
 class Copier:
     def __init__(self, settings: CopySettings, src: Client, dst: Client, meta: MetaStore,
                  nsmap: NamespaceMap, reporter: Reporter, stop: threading.Event, kind: str = "copy") -> None:
@@ -80,8 +73,6 @@ class Copier:
         self.job: Job | None = None
         self._lock = threading.Lock()
         self._remaining: dict[str, int] = {}
-        # Hooks for sync: called once a namespace's documents are all copied.
-        self.on_namespace_copied: Callable[[str], None] | None = None
 
     # ---------------------------------------------------------------- validation (read-only)
     def fingerprint(self) -> dict[str, Any]:
@@ -315,8 +306,6 @@ class Copier:
         log.info("namespace copied", extra={"ns": ns, "dst": dst_ns,
                                             "indexes": len(spec.secondary_indexes()),
                                             "indexSeconds": round(time.monotonic() - started, 2)})
-        if self.on_namespace_copied:
-            self.on_namespace_copied(ns)
 
     # ---------------------------------------------------------------- summary
     def counts(self) -> list[dict[str, Any]]:
@@ -345,7 +334,3 @@ def _describe_fp(fp: dict[str, Any]) -> str:
             parts.append(f"{key} {','.join(sel[key])}")
     return "; ".join(parts)
 
-
-def is_transient(exc: PyMongoError) -> bool:
-    return isinstance(exc, ConnectionFailure | CursorNotFound) or (
-        isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError"))

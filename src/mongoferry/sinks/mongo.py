@@ -12,7 +12,7 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from mongoferry.core.model import CollectionSpec, clean_index_spec
-from mongoferry.core.namespaces import NamespaceMap
+from mongoferry.core.namespaces import NamespaceMap, split_ns
 from mongoferry.infra.clients import RAW, Client
 
 log = logging.getLogger("mongoferry.sink")
@@ -22,11 +22,6 @@ NAMESPACE_NOT_FOUND = 26
 INDEX_NOT_FOUND = 27
 DUPLICATE_KEY = 11000
 INDEX_ALREADY_EXISTS = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
-
-
-def split_ns(ns: str) -> tuple[str, str]:
-    db, _, coll = ns.partition(".")
-    return db, coll
 
 
 class MongoWriter:

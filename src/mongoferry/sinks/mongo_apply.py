@@ -40,7 +40,6 @@ from mongoferry.sinks.mongo import MongoWriter
 log = logging.getLogger("mongoferry.apply")
 
 Key = tuple[str, bytes]  # (destination namespace, encoded {_id})
-EVENT_TYPES = ("insert", "update", "replace", "delete", "ddl", "txn", "skipped")
 MAX_GROUP_EVENTS = 1000  # bounds one destination transaction
 
 

@@ -53,6 +53,7 @@ from bson.dbref import DBRef
 from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
+from mongoferry.core.namespaces import split_ns
 from mongoferry.sinks.redis.fields import (
     _as_document,
     _description_fields,
@@ -85,7 +86,6 @@ __all__ = [
     "go_json_string",
     "last_processed_key",
     "meteor_id_stringify",
-    "namespace_split",
     "parse_resume_value",
     "publications_from_change_event",
     "publications_from_oplog_entry",
@@ -202,15 +202,6 @@ def _render_id(id_value: Any, meteor_ids: bool) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- keys
-
-
-def namespace_split(ns: str) -> tuple[str, str]:
-    """Split ``ns`` at the first dot: ``"foo.system.indexes"`` -> ``("foo", "system.indexes")``.
-
-    Without a dot the collection is ``""``.
-    """
-    db, _, coll = ns.partition(".")
-    return db, coll
 
 
 def _ts_u64(ts: Timestamp) -> int:
@@ -397,7 +388,7 @@ def _walk_oplog(raw: Mapping[str, Any], run: _Run, where: str) -> None:
         return
     op: str = raw.get("op", "")
     ns: str = raw.get("ns", "")
-    db, coll = namespace_split(ns)
+    db, coll = split_ns(ns)
     if ns != "admin.$cmd" and db in run.denylist:
         return
     o = _as_document(raw.get("o")) or {}
