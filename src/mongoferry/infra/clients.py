@@ -20,6 +20,7 @@ from pymongo.errors import (
 from pymongo.uri_parser import parse_uri
 
 from mongoferry.core.errors import AuthError, ConnectError, MongoferryError, UsageError
+from mongoferry.core.identity import DeploymentIdentity, identity_from_hello
 from mongoferry.infra.redact import redact, redact_uri, register_uri
 
 Client = MongoClient[dict[str, Any]]
@@ -97,3 +98,18 @@ def driver_errors(doing: str) -> Iterator[None]:
     except PyMongoError as exc:
         raise translate(exc, doing) from None
 
+
+def deployment_identity(client: Client) -> DeploymentIdentity:
+    """What the server says it is (read-only; ids that need privileges are skipped when refused)."""
+    hello = client.admin.command("hello")
+    deployment_id: Any = None
+    try:
+        if hello.get("msg") == "isdbgrid":  # mongos: the sharded cluster's id
+            version = client["config"]["version"].find_one({}, {"clusterId": 1})
+            deployment_id = version.get("clusterId") if version else None
+        elif hello.get("setName"):
+            config = client.admin.command("replSetGetConfig").get("config", {})
+            deployment_id = config.get("settings", {}).get("replicaSetId")
+    except PyMongoError:
+        deployment_id = None  # not allowed or not offered: the other proofs remain
+    return identity_from_hello(hello, deployment_id)

@@ -19,6 +19,7 @@ def run_copy(settings: CopySettings) -> int:
     fmt = resolve_format(settings.log_format)
     ends = open_endpoints(settings)
     try:
+        ends.refuse_same_deployment("copy")
         with stop_on_signals() as stop:
             reporter = make_reporter(fmt)
             copier = Copier(settings, ends.src, ends.dst, ends.meta, ends.nsmap, reporter, stop)

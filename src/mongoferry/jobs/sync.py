@@ -266,6 +266,7 @@ def run_sync(settings: SyncSettings) -> int:
     status = SyncStatus()
     http: HttpServer | None = None
     try:
+        ends.refuse_same_deployment("sync")
         with stop_on_signals() as stop:
             job = SyncJob(settings, ends, status, stop)
             reporter = StatusReporter(make_reporter(fmt), status)

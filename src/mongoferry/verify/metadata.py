@@ -20,6 +20,7 @@ from mongoferry.core.namespaces import NamespaceMap, split_ns
 from mongoferry.infra.clients import DECODED, RAW, Client, driver_errors
 from mongoferry.infra.config import VerifySettings
 from mongoferry.source import partition
+from mongoferry.state.endpoints import Endpoints
 from mongoferry.verify.engine import Engine
 from mongoferry.verify.findings import FindingType, NsFinding, Pair
 from mongoferry.verify.spec_compare import compare_collection_specs, compare_index_specs, compare_shard_keys
@@ -132,6 +133,19 @@ def resolve_pairs(s: VerifySettings, src: Client, dst: Client, nsmap: NamespaceM
                              "give each source its own destination with --rename")
         owners[b] = a
     return [Pair(a, b) for a, b in sorted(mapping.items())]
+
+
+def refuse_self_comparison(s: VerifySettings, ends: Endpoints) -> None:
+    """Verifying a deployment against itself proves nothing: refuse it, unless every pair compares
+    two different namespaces (a copy made inside one deployment with --rename)."""
+    if ends.same_as_source is None:
+        return
+    pairs = resolve_pairs(s, ends.src, ends.dst, ends.nsmap)
+    if not pairs or any(p.src_ns == p.dst_ns for p in pairs):
+        raise UsageError(f"--src and --dst are the same deployment ({ends.same_as_source.describe()}): every "
+                         "namespace would be compared with itself",
+                         "give --dst the deployment to verify (or --rename/--dst-namespace to compare two "
+                         "namespaces of one deployment)")
 
 
 @dataclass

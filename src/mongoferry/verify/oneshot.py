@@ -41,7 +41,14 @@ from mongoferry.infra.config import VerifySettings
 from mongoferry.verify.engine import Engine
 from mongoferry.verify.findings import DocFinding, Finding, NsFinding, Pair, Sink, describe_finding, tolerated
 from mongoferry.verify.keys import id_sort_key
-from mongoferry.verify.metadata import NamespacePlan, compare_metadata, plan_ranges, resolve_pairs, target_of
+from mongoferry.verify.metadata import (
+    NamespacePlan,
+    compare_metadata,
+    plan_ranges,
+    refuse_self_comparison,
+    resolve_pairs,
+    target_of,
+)
 
 __all__ = ["OneShot", "VerifySettings", "describe_finding", "run_check_only"]
 
@@ -295,6 +302,7 @@ def run_check_only(s: VerifySettings, as_json: bool) -> int:
 
     ends = open_endpoints(s)
     try:
+        refuse_self_comparison(s, ends)
         with stop_on_signals() as stop:
             started = time.monotonic()
             job = OneShot(s, ends.src, ends.dst, ends.nsmap, stop)

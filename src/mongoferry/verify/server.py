@@ -69,6 +69,7 @@ from mongoferry.verify.metadata import (
     explicit_pairs,
     pair_for_new_namespace,
     plan_ranges,
+    refuse_self_comparison,
     resolve_pairs,
     target_of,
 )
@@ -576,6 +577,7 @@ def run_server(s: VerifySettings) -> int:
     verifier: Verifier | None = None
     try:
         explicit_pairs(s, ends.nsmap)
+        refuse_self_comparison(s, ends)
         with stop_on_signals() as stop:
             verifier = Verifier(s, ends, stop)
             http = HttpServer(verifier_app(verifier), "127.0.0.1", s.port,
