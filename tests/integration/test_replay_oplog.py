@@ -79,6 +79,45 @@ def test_a_dump_of_a_live_oplog_rebuilds_the_data(tmp_path: Path) -> None:
         dst.stop()
 
 
+def test_a_mongodump_shaped_dump_replays_onto_documents_that_already_hold_later_updates(tmp_path: Path) -> None:
+    """mongodump --oplog reads each collection while the oplog runs on; its documents may already hold
+    updates that oplog.bson replays after them. Replaying must converge to the source's state."""
+    src = EmbeddedServer(tmp_path / "src").start()
+    dst = EmbeddedServer(tmp_path / "dst2").start()
+    try:
+        with src.client() as c:
+            items = c.oplogt.w
+            items.insert_many([{"_id": i, "n": i, "tags": ["a", "b", "c"], "sub": {"k": i, "deep": {"x": 1}},
+                               "gone": 1} for i in range(100)])
+            start = c.admin.command("ping")["operationTime"]  # mongodump's oplog starts here ...
+            def updates(lo: int, hi: int) -> None:
+                for i in range(lo, hi):
+                    items.update_one({"_id": i}, {"$set": {"n": i * 2, "sub.k": -i, "sub.deep.y": i, "new": i}})
+                    items.update_one({"_id": i}, {"$unset": {"gone": ""}, "$push": {"tags": "d"}})
+                    items.update_one({"_id": i}, {"$pop": {"tags": 1}, "$inc": {"n": 1}})
+                    items.update_one({"_id": i}, {"$set": {"tags.0": "z", "n": i * 2 + 1}})
+            updates(0, 50)
+            # ... the collection is read half-way through the updates ...
+            dumped = list(items.find_raw_batches(sort=[("_id", 1)]))
+            updates(50, 100)
+            updates(0, 100)  # ... and documents already dumped change again.
+            items.delete_one({"_id": 7})
+            entries = list(c.local["oplog.rs"].find({"ts": {"$gt": start}}).sort("$natural", 1))
+            expected = {d["_id"]: d.raw for d in c.oplogt.get_collection("w", codec_options=RAW).find()}
+        with dst.client() as c:
+            for batch in dumped:
+                c.oplogt.get_collection("w", codec_options=RAW).insert_many(bson.decode_all(batch, RAW))
+        f = write_bson(tmp_path / "oplog.bson", entries)
+        r = run_cli("replay-oplog", "--dst", dst.uri, str(f))
+        assert r.code == 0, r.text
+        with dst.client() as c:
+            got = {d["_id"]: d.raw for d in c.oplogt.get_collection("w", codec_options=RAW).find()}
+        assert got == expected
+    finally:
+        src.stop()
+        dst.stop()
+
+
 def _insert(ts: int, _id: int, ns: str = "db.c", **extra: Any) -> dict[str, Any]:
     return {"op": "i", "ns": ns, "o": {"_id": _id}, "ts": Timestamp(ts, 1), "t": 1, "v": 2, **extra}
 

@@ -35,6 +35,7 @@ def apply_update_description(
     disambiguated_paths: Mapping[str, Sequence[str | int]] | None = None,
     *,
     assume_in_place: bool = False,
+    replaying: bool = False,
 ) -> dict[str, Any] | None:
     """Apply a change-stream ``updateDescription`` to ``doc``, or return None if that is unsafe.
 
@@ -72,26 +73,70 @@ def apply_update_description(
     A new object field is appended after the existing ones, in ``updatedFields`` order; an array
     index is written in place, or appended after null padding when past the end. Raises
     :class:`DiffFormatError` when the description itself is malformed. ``doc`` is not modified.
+
+    ``replaying=True`` is for descriptions written in an *oplog* (a server dialect that logs
+    ``$v:2`` entries in this form, see docs/compatibility.md): the target may already hold this
+    update's result, or later ones (a dump is not a point-in-time image), and replaying must then
+    converge, as ``--oplogReplay`` relies on. Such a server logs no entry for an update that changes
+    nothing and logs a reordering as a replacement, so every listed field is written in place
+    (an identical value included); a removal of an absent field, a truncation of what is not (or
+    no longer) that long an array, and a path blocked by a non-container are no-ops; missing
+    intermediate objects are created, as the logged ``$set`` did. It never returns None.
     """
     truncations = _parse_truncations(truncated_arrays)
     if disambiguated_paths is not None:
         _check_disambiguated(disambiguated_paths)
-    if _keys_overlap(list(updated_fields), list(removed_fields), truncations):
+    if _keys_overlap(list(updated_fields), list(removed_fields), truncations) and not replaying:
         return None
     resolve = _resolver(disambiguated_paths)
     result: dict[str, Any] = _clone(doc)
     for key in removed_fields:
-        if not _remove_at(resolve(result, key)):
+        if not _remove_at(resolve(result, key)) and not replaying:
             return None
     for key, size in truncations:
-        if not _truncate_at(resolve(result, key), size):
+        if not _truncate_at(resolve(result, key), size) and not replaying:
             return None
     parents_with_new_fields: set[int] = set()
     for key, value in updated_fields.items():
+        if replaying:
+            _set_creating(result, key.split("."), value)
+            continue
         location = resolve(result, key)
         if not _update_at(location, value, assume_in_place, parents_with_new_fields):
             return None
     return result
+
+
+def _set_creating(root: dict[str, Any], parts: list[str], value: Any) -> None:
+    """``$set`` of one dotted path: missing objects are created, an array index past the end is
+    padded with nulls, an existing field is written in place; a scalar in the way leaves all as is."""
+    parent: Any = root
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(parent, list):
+            index = _canonical_index(part)
+            if index is None or index >= _MAX_ARRAY_LENGTH:
+                return
+            if index >= len(parent):
+                parent.extend([None] * (index - len(parent)))
+                parent.append(_clone(value) if last else {})
+            elif last:
+                parent[index] = _clone(value)
+            key: _Component = index
+        elif isinstance(parent, dict):
+            if last:
+                parent[part] = _clone(value)
+            elif part not in parent:
+                parent[part] = {}
+            elif not isinstance(parent[part], dict | list | DBRef):
+                return  # a scalar in the way: a later entry of the oplog changed this path
+            key = part
+        else:
+            return
+        if not last:
+            parent = _child_container(parent, key)
+            if parent is None:
+                return
 
 
 def _parse_truncations(truncated_arrays: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:

@@ -30,10 +30,10 @@ from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.client_session import ClientSession
 from pymongo.errors import PyMongoError
 
-from mongoferry.core import diff_apply
 from mongoferry.core.errors import InconsistencyError
 from mongoferry.core.events import ChangeEvent
 from mongoferry.core.namespaces import NamespaceMap
+from mongoferry.core.simulate import updated_document
 from mongoferry.infra.clients import DECODED, Client
 from mongoferry.sinks.mongo import MongoWriter
 
@@ -189,7 +189,7 @@ class Applier:
                     # event (or the lookup of one) decides; an update never creates a document.
                     self.stats.missing_for_update += 1
                     continue
-                new = self._updated(doc, e)
+                new = updated_document(doc, e)
                 if new is None:
                     st.lookup = True
                     return
@@ -197,30 +197,6 @@ class Applier:
         st.doc = doc
         st.touched = base is not None or doc is not None or any(e.op == "delete" for e in st.events)
 
-    @staticmethod
-    def _updated(doc: dict[str, Any], e: ChangeEvent) -> dict[str, Any] | None:
-        u = e.update or {}
-        if e.update_kind == "oplog":
-            diff = u.get("diff")
-            if isinstance(diff, dict) and "updatedFields" in diff:
-                # SecantusDB writes change-event style descriptions of modifier updates inside its
-                # $v:2 entries: fields that exist are updated in place.
-                return diff_apply.apply_update_description(doc, diff.get("updatedFields", {}),
-                                                           diff.get("removedFields", []),
-                                                           diff.get("truncatedArrays", []), None,
-                                                           assume_in_place=True)
-            return diff_apply.apply_oplog_update(doc, u)
-        if _adds_several_fields_to_one_parent(doc, u.get("updatedFields", {})):
-            # Where one update creates several fields in one object, their order in the document is the
-            # server's to choose (and some servers list them in another order): read the source.
-            return None
-        # After the copy window the destination holds exactly the event's pre-image, so existing fields
-        # are updated in place: exact for every modifier update. (A pipeline update that moves a field is
-        # indistinguishable here; see docs/compatibility.md. diff_apply still refuses the cases it can
-        # detect, which then read the source.)
-        return diff_apply.apply_update_description(doc, u.get("updatedFields", {}), u.get("removedFields", []),
-                                                   u.get("truncatedArrays", []), u.get("disambiguatedPaths"),
-                                                   assume_in_place=True)
 
     def _read_destination(self, need: dict[str, set[bytes]], session: ClientSession | None) -> dict[Key, Any]:
         found: dict[Key, Any] = {}
@@ -315,27 +291,3 @@ class Applier:
         self.stats.counts["ddl" if handled else "skipped"] += 1
         if not handled:
             log.warning("DDL not replicated", extra={"ns": e.ns, "command": next(iter(ddl), "?")})
-
-
-def _path_exists(doc: Any, path: str) -> bool:
-    node = doc
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return False
-    return True
-
-
-def _adds_several_fields_to_one_parent(doc: dict[str, Any], updated: dict[str, Any]) -> bool:
-    parents: set[str] = set()
-    for path in updated:
-        parent, _, last = path.rpartition(".")
-        if last.isdigit() or _path_exists(doc, path):
-            continue
-        if parent in parents:
-            return True
-        parents.add(parent)
-    return False
