@@ -32,6 +32,12 @@ def copy_options(fn: F) -> F:
                      help=env_help("Target documents per _id range (default 50000).", "partition_docs")),
         click.option("--drop-dst", is_flag=True, default=None,
                      help=env_help("Drop destination namespaces that already hold data.", "drop_dst")),
+        click.option("--max-docs-per-s", type=float,
+                     help=env_help("Copy at most this many documents per second (default: no limit).",
+                                   "max_docs_per_s")),
+        click.option("--max-bytes-per-s", type=float,
+                     help=env_help("Copy at most this many bytes per second (default: no limit).",
+                                   "max_bytes_per_s")),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

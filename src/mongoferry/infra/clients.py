@@ -34,6 +34,9 @@ DECODED: CodecOptions[dict[str, Any]] = DEFAULT_CODEC_OPTIONS.with_options(
 )
 
 AUTH_FAILED = 18
+# A read ended because its collection was dropped or renamed under it: NamespaceNotFound,
+# QueryPlanKilled, CursorNotFound (some servers kill the cursor outright).
+NAMESPACE_CHANGED_CODES = frozenset({26, 43, 175})
 
 
 def validate_uri(uri: str | None, flag: str) -> str:
@@ -113,3 +116,8 @@ def deployment_identity(client: Client) -> DeploymentIdentity:
     except PyMongoError:
         deployment_id = None  # not allowed or not offered: the other proofs remain
     return identity_from_hello(hello, deployment_id)
+
+
+def namespace_changed(exc: PyMongoError) -> bool:
+    """Did a read end because its collection was dropped or renamed?"""
+    return isinstance(exc, OperationFailure) and exc.code in NAMESPACE_CHANGED_CODES

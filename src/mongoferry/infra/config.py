@@ -80,6 +80,8 @@ class CopySettings(ConnectionSettings):
     batch_size: int = Field(1000, ge=1, le=100_000)
     partition_docs: int = Field(50_000, ge=100, description="target documents per partition")
     drop_dst: bool = False
+    max_docs_per_s: float | None = Field(None, gt=0, description="copy at most this many documents per second")
+    max_bytes_per_s: float | None = Field(None, gt=0, description="copy at most this many bytes per second")
 
 
 class SyncSettings(CopySettings):

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from bson import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
 from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, InconsistencyError, UsageError
@@ -25,6 +26,7 @@ from mongoferry.infra.logs import resolve_format
 from mongoferry.infra.progress import make_reporter
 from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.pipeline.copier import Copier
+from mongoferry.pipeline.copy_window import CopyWindow
 from mongoferry.pipeline.replay import Replayer
 from mongoferry.sinks.mongo_apply import Applier
 from mongoferry.source import capture as cap
@@ -63,14 +65,18 @@ class SyncJob:
         self.mapping: dict[str, str] = {}
         self.write_blocked = False
         self._last_persist = 0.0
+        self.copier: Copier | None = None
+        self.window: CopyWindow | None = None
         self._last_count = 0.0
 
     # ------------------------------------------------------------------ phases
-    def copy_phase(self, copier: Copier) -> bool:
+    def copy_phase(self, copier: Copier, capture_start: Timestamp) -> bool:
+        """`capture_start` was taken before the copier listed the source's namespaces: a collection
+        created after the listing is in the stream from its creation on."""
         meta, src = self.ends.meta, self.ends.src
         job = copier.job
         if job is None or job.state == "initializing":
-            start = Position(cap.current_time(src))
+            start = Position(capture_start)
             copier.initialise(extra={"capture": self.s.capture},
                               before_copy=lambda: meta.save_checkpoint("capture", start))
             job = copier.job
@@ -101,7 +107,9 @@ class SyncJob:
         self.status.set(copy_done=True, state="COMMITTED" if job.state == "committed" else "CATCHING_UP")
         if job.state == "committed":
             return self.reverse_phase() if self.s.reverse else EXIT_OK
-        applier = Applier(self.ends.src, self.ends.dst, self.ends.nsmap, lookup_until=job.extra.get("copy_end"))
+        assert self.copier is not None
+        self.window = CopyWindow.load(meta, self.ends.nsmap, job.extra.get("copy_end"), self.copier.copy_namespace)
+        applier = Applier(self.ends.src, self.ends.dst, self.ends.nsmap, window=self.window)
         replayer = Replayer(self.open_capture(self.ends.src, self.excluded), applier, meta, self.status,
                             self.stop, start, max_batch=self.s.max_batch)
         try:
@@ -249,6 +257,8 @@ class SyncJob:
 
     def persist(self, force: bool = False) -> None:
         now = time.monotonic()
+        if self.window is not None and len(self.window.recopied) != len(self.status.recopied):
+            self.status.set(recopied=list(self.window.recopied))
         if force or now - self._last_count >= COUNT_EVERY_S:
             self._last_count = now
             with contextlib.suppress(PyMongoError):  # counts are informative; a blip must not stop the sync
@@ -271,7 +281,10 @@ def run_sync(settings: SyncSettings) -> int:
             job = SyncJob(settings, ends, status, stop)
             reporter = StatusReporter(make_reporter(fmt), status)
             copier = Copier(settings, ends.src, ends.dst, ends.meta, ends.nsmap, reporter, stop, kind="sync")
+            job.copier = copier
             try:
+                with driver_errors("reading the source's cluster time"):
+                    capture_start = cap.current_time(ends.src)  # before the listing: no gap after it
                 copier.validate()
                 check_capture(ends.src, settings.capture, job.excluded)
                 if bind:
@@ -279,7 +292,7 @@ def run_sync(settings: SyncSettings) -> int:
                 log.info("sync resuming" if copier.resumed else "sync starting",
                          extra={"namespaces": len(copier.mapping), "capture": settings.capture,
                                 "http": f"{bind[0]}:{bind[1]}" if bind else "off"})
-                copied = job.copy_phase(copier)
+                copied = job.copy_phase(copier, capture_start)
             finally:
                 reporter.close()
             if not copied:

@@ -21,18 +21,21 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import bson
+from bson import Timestamp
 from bson.raw_bson import RawBSONDocument
-from pymongo.errors import ConnectionFailure, CursorNotFound
+from pymongo.errors import ConnectionFailure, OperationFailure
 from pymongo.uri_parser import parse_uri
 
 from mongoferry.core.errors import UsageError
 from mongoferry.core.model import CollectionSpec, Partition
 from mongoferry.core.namespaces import NamespaceMap
-from mongoferry.infra.clients import RAW, Client, driver_errors
+from mongoferry.infra.clients import RAW, Client, driver_errors, namespace_changed
 from mongoferry.infra.config import CopySettings
 from mongoferry.infra.progress import Reporter
+from mongoferry.pipeline.throttle import Throttle
 from mongoferry.sinks.mongo import MongoWriter
 from mongoferry.source import catalog, partition
+from mongoferry.source.capture import current_time
 from mongoferry.state.meta import Job, MetaStore
 
 log = logging.getLogger("mongoferry.copy")
@@ -73,6 +76,7 @@ class Copier:
         self.job: Job | None = None
         self._lock = threading.Lock()
         self._remaining: dict[str, int] = {}
+        self.throttle = Throttle(settings.max_docs_per_s, settings.max_bytes_per_s)
 
     # ---------------------------------------------------------------- validation (read-only)
     def fingerprint(self) -> dict[str, Any]:
@@ -205,9 +209,12 @@ class Copier:
             try:
                 self._copy_partition(p, coll_doc, first_attempt=attempt == 0)
                 break
-            except (ConnectionFailure, CursorNotFound) as exc:
-                if attempt == RETRIES - 1 or self.stop.is_set():
+            except (ConnectionFailure, OperationFailure) as exc:
+                if (isinstance(exc, OperationFailure) and not namespace_changed(exc)) \
+                        or attempt == RETRIES - 1 or self.stop.is_set():
                     raise
+                # A rename or drop ends the read; read again what the name now holds (a sync's
+                # replay puts the namespace right, copying it again where a rename needs it).
                 log.warning("partition interrupted, retrying from its checkpoint",
                             extra={"partition": p.id, "error": type(exc).__name__, "attempt": attempt + 1})
                 time.sleep(min(0.5 * 2**attempt, 10))
@@ -243,6 +250,7 @@ class Copier:
                 if isinstance(item, BaseException):
                     raise item
                 docs, nbytes = item
+                self.throttle.wait(len(docs), nbytes, self.stop)
                 self.writer.insert_copied(dst_ns, docs)
                 p.docs += len(docs)
                 p.bytes += nbytes
@@ -300,12 +308,44 @@ class Copier:
         started = time.monotonic()
         with driver_errors(f"building indexes on {dst_ns}"):
             self.writer.create_indexes(dst_ns, spec.secondary_indexes())
-            self.meta.update_collection(ns, state="done")
+            # Everything the source held under this name before this moment was read.
+            self.meta.update_collection(ns, state="done", copiedAt=current_time(self.src))
         coll_doc["state"] = "done"
         self.reporter.finish(ns)
         log.info("namespace copied", extra={"ns": ns, "dst": dst_ns,
                                             "indexes": len(spec.secondary_indexes()),
                                             "indexSeconds": round(time.monotonic() - started, 2)})
+
+    # ---------------------------------------------------------------- one namespace again
+    def copy_namespace(self, src_ns: str, dst_ns: str) -> Timestamp:
+        """Replace `dst_ns` with a copy of what `src_ns` holds now: options, documents, indexes (one
+        reader, in `_id` order). The time after it, before which everything it held was read."""
+        with driver_errors(f"copying {src_ns} again"):
+            spec = catalog.describe(self.src, src_ns)
+            self.writer.drop(dst_ns)
+            if spec is None:  # gone again: a later DDL event says where it went
+                return current_time(self.src)
+            if spec.kind == "view":
+                self.writer.create(dst_ns, spec, view_on=spec.options.get("viewOn"))
+                return current_time(self.src)
+            self.writer.create(dst_ns, spec)
+            coll: Any = self.src[spec.db].get_collection(spec.name, codec_options=RAW)
+            cursor = (coll.find_raw_batches({}, batch_size=self.settings.batch_size) if spec.natural_order else
+                      coll.find_raw_batches({}, batch_size=self.settings.batch_size,
+                                            sort=[("_id", 1)]).hint([("_id", 1)]))
+            try:
+                for raw in cursor:
+                    docs = bson.decode_all(raw, RAW)
+                    if docs:
+                        self.throttle.wait(len(docs), len(raw), self.stop)
+                        self.writer.insert_copied(dst_ns, docs)
+            except OperationFailure as exc:
+                if not namespace_changed(exc):
+                    raise
+                log.warning("namespace changed again while it was copied again; its next DDL event decides",
+                            extra={"ns": src_ns})
+            self.writer.create_indexes(dst_ns, spec.secondary_indexes())
+            return current_time(self.src)
 
     # ---------------------------------------------------------------- summary
     def counts(self) -> list[dict[str, Any]]:

@@ -117,9 +117,7 @@ class MongoWriter:
                         extra={"from": src, "to": to})
             self.drop(nsmap.target(src))
             return True
-        log.error("collection renamed into the selection: its documents were never copied; resync it",
-                  extra={"from": src, "to": to})
-        return False
+        return False  # renamed into the selection: its documents were never copied (the caller decides)
 
     def _drop_database(self, db: str, nsmap: NamespaceMap) -> None:
         ddb = nsmap.map_db(db)

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import bson
 from bson import Timestamp
@@ -77,16 +77,26 @@ def _as_dict(doc: Any) -> dict[str, Any]:
     return dict(doc)
 
 
+class CopyWindowHooks(Protocol):
+    """What a sync's replay knows of its copy (pipeline.copy_window): which events may find the
+    destination ahead of them, and which DDL needs a namespace copied again."""
+
+    def needs_lookup(self, src_ns: str, ts: Timestamp) -> bool: ...
+    def looked_up(self, src_ns: str, read_at: Timestamp | None) -> None: ...
+    def plan(self, e: ChangeEvent) -> list[str]: ...
+    def recopy(self, src_ns: str, trigger: Timestamp) -> None: ...
+
+
 class Applier:
     def __init__(self, src: Client | None, dst: Client, nsmap: NamespaceMap, *,
-                 lookup_until: Timestamp | None = None, use_transactions: bool = True) -> None:
+                 window: CopyWindowHooks | None = None, use_transactions: bool = True) -> None:
         self.src = src  # None: no source to read (oplog files); an irreproducible update is an error
         self.dst = dst
         self.nsmap = nsmap
         self.writer = MongoWriter(dst)
-        # Events at or before this time may find the destination ahead of them (the copy
-        # read later state): their updates are resolved by reading the source.
-        self.lookup_until = lookup_until
+        # A sync's copy window: events that may find the destination ahead of them (the copy read
+        # later state) are resolved by reading the source, and DDL may need a namespace copied again.
+        self.window = window
         self.use_transactions = use_transactions
         self.stats = ApplyStats()
         self._seq = 0
@@ -174,7 +184,7 @@ class Applier:
     def _needs_lookup(self, e: ChangeEvent) -> bool:
         if e.update_kind == "oplog":
             return False  # real oplog diffs are idempotent by design (initial sync relies on it)
-        return self.lookup_until is not None and e.position.ts <= self.lookup_until
+        return self.window is not None and self.window.needs_lookup(e.ns, e.position.ts)
 
     def _simulate(self, st: DocState, base: dict[str, Any] | None) -> None:
         doc = base
@@ -224,6 +234,8 @@ class Applier:
             with self.src.start_session(causal_consistency=True) as s:
                 docs = {_key(dst_ns, d["_id"]): d for d in self.src[db].get_collection(
                     coll, codec_options=DECODED).find({"_id": {"$in": [g.doc_id for g in group]}}, session=s)}
+                if self.window is not None:  # what it read may be another collection of that name
+                    self.window.looked_up(src_ns, s.operation_time)
             self.stats.lookups += len(group)
             for st in group:
                 # The source's current document already holds this batch's events for it; later events
@@ -287,7 +299,15 @@ class Applier:
         ddl = e.ddl or {}
         if "createIndexes" in ddl and self.src is not None:
             ddl = self._index_specs_from_source(e.ns, ddl)
+        redo = self.window.plan(e) if self.window is not None else []
         handled = self.writer.apply_ddl(e.ns, ddl, self.nsmap)
+        for ns in redo:
+            assert self.window is not None
+            self.window.recopy(ns, e.position.ts)
+            handled = True
         self.stats.counts["ddl" if handled else "skipped"] += 1
-        if not handled:
+        if not handled and "renameCollection" in ddl:
+            log.error("collection renamed into the selection: its documents were never copied; resync it",
+                      extra={"from": ddl["renameCollection"], "to": ddl.get("to")})
+        elif not handled:
             log.warning("DDL not replicated", extra={"ns": e.ns, "command": next(iter(ddl), "?")})

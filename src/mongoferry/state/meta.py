@@ -41,6 +41,7 @@ class MetaStore:
         self.collections = self.db["collections"]
         self.partitions = self.db["partitions"]
         self.checkpoints = self.db["checkpoints"]
+        self.recopies = self.db["recopies"]  # namespaces the replay copied again (DDL in the copy window)
 
     # --- job ---
     def load_job(self) -> Job | None:
@@ -56,6 +57,7 @@ class MetaStore:
         self.partitions.delete_many({})
         self.collections.delete_many({})
         self.checkpoints.delete_many({})
+        self.recopies.delete_many({})
         self.partitions.create_index([("ns", ASCENDING), ("index", ASCENDING)])
 
     def _job_doc(self, job: Job) -> dict[str, Any]:

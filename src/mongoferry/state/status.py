@@ -30,6 +30,7 @@ class SyncStatus:
         self.errors = 0
         self.last_error: str | None = None
         self.paused = False
+        self.recopied: list[str] = []  # namespaces copied again because DDL changed them during the copy
         self.commit_requested = False
         self.started = time.time()
 
@@ -50,6 +51,7 @@ class SyncStatus:
                 "copy": dict(self.copy),
                 "events": {t: int(self.events.get(t, 0)) for t in EVENT_TYPES},
                 "namespaces": [dict(n) for n in self.namespaces],
+                "recopied": list(self.recopied),
                 "errors": self.errors,
                 "lastError": self.last_error,
                 "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
