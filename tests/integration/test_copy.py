@@ -117,8 +117,8 @@ def test_renames_at_database_and_collection_level(servers: tuple[EmbeddedServer,
     r = run_cli("copy", "--src", src.uri, "--dst", dst.uri, "--rename", "old=new", "--rename", "old.b=other.bee",
                 "--exclude", "skip")
     assert r.code == 0, r.text
-    assert user_namespaces(dst) - {"mongoferry_meta.jobs", "mongoferry_meta.collections", "mongoferry_meta.partitions",
-                                   "mongoferry_meta.checkpoints"} == {"new.a", "other.bee", "keep.c"}
+    assert {ns for ns in user_namespaces(dst) if not ns.startswith("mongoferry_meta.")} == {"new.a", "other.bee",
+                                                                                          "keep.c"}
     assert raw_docs(src, "old.b") == raw_docs(dst, "other.bee")
 
 

@@ -774,7 +774,7 @@ def copied_docs(dst: EmbeddedServer) -> int:
 
 def job_state(dst: EmbeddedServer) -> str | None:
     with dst.client() as c:
-        doc = c[META_DB].jobs.find_one({"_id": "job"})
+        doc = c[META_DB].jobs.find_one({"_id": "sync"})
     return None if doc is None else str(doc["state"])
 
 

@@ -32,6 +32,9 @@ def copy_options(fn: F) -> F:
                      help=env_help("Target documents per _id range (default 50000).", "partition_docs")),
         click.option("--drop-dst", is_flag=True, default=None,
                      help=env_help("Drop destination namespaces that already hold data.", "drop_dst")),
+        click.option("--job", metavar="NAME",
+                     help=env_help("Name of this job in the metadata database (default: the command's name); "
+                                   "jobs of other names there are left alone.", "job")),
         click.option("--max-docs-per-s", type=float,
                      help=env_help("Copy at most this many documents per second (default: no limit).",
                                    "max_docs_per_s")),
@@ -121,6 +124,7 @@ def status_options(fn: F) -> F:
         click.option("--dst", help=env_help("Destination URI (where the metadata lives by default).", "dst")),
         click.option("--meta", help=env_help("Metadata URI, if the job was given --meta.", "meta")),
         click.option("--meta-db", help=env_help("Metadata database name (default mongoferry_meta).", "meta_db")),
+        click.option("--job", metavar="NAME", help=env_help("The job's name (default: the only job there).", "job")),
         click.option("--connect-timeout", type=float, help=env_help("Seconds to wait for the server.",
                                                                     "connect_timeout")),
     ]

@@ -34,9 +34,16 @@ DECODED: CodecOptions[dict[str, Any]] = DEFAULT_CODEC_OPTIONS.with_options(
 )
 
 AUTH_FAILED = 18
+# The one classification of driver errors (by code and label, never by message text).
 # A read ended because its collection was dropped or renamed under it: NamespaceNotFound,
 # QueryPlanKilled, CursorNotFound (some servers kill the cursor outright).
 NAMESPACE_CHANGED_CODES = frozenset({26, 43, 175})
+# The server no longer holds a position: ChangeStreamHistoryLost, ChangeStreamFatalError (a resume
+# token whose event is gone, as after a rollback), CappedPositionLost, OplogQueryMinTsMissing.
+HISTORY_LOST_CODES = frozenset({286, 280, 136, 326})
+# Worth waiting out: shutdowns, step-downs, "not primary", interrupted at shutdown, host unreachable.
+TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+TRANSIENT_LABELS = ("ResumableChangeStreamError", "RetryableWriteError", "TransientTransactionError")
 
 
 def validate_uri(uri: str | None, flag: str) -> str:
@@ -121,3 +128,16 @@ def deployment_identity(client: Client) -> DeploymentIdentity:
 def namespace_changed(exc: PyMongoError) -> bool:
     """Did a read end because its collection was dropped or renamed?"""
     return isinstance(exc, OperationFailure) and exc.code in NAMESPACE_CHANGED_CODES
+
+
+def is_history_lost(exc: BaseException) -> bool:
+    return isinstance(exc, OperationFailure) and exc.code in HISTORY_LOST_CODES
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A connection problem or a server state that passes (retry from the last checkpoint)."""
+    if isinstance(exc, ConnectionFailure):  # includes timeouts and server selection
+        return True
+    if not isinstance(exc, OperationFailure) or is_history_lost(exc):
+        return False
+    return exc.code in TRANSIENT_CODES or any(exc.has_error_label(label) for label in TRANSIENT_LABELS)

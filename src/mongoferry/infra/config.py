@@ -23,6 +23,7 @@ from pydantic_settings import (
 from mongoferry.core.errors import UsageError
 
 StrList = Annotated[list[str], NoDecode]
+JOB_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 LogFormat = Literal["auto", "rich", "json", "text"]
 # How the verifier compares documents: byte for byte, or field order ignored.
 CompareMode = Literal["binary", "ignore-order"]
@@ -67,6 +68,7 @@ class ConnectionSettings(Settings):
     dst: str | None = Field(None, description="destination connection string")
     meta: str | None = Field(None, description="metadata database URI (default: the destination)")
     meta_db: str = "mongoferry_meta"
+    job: str | None = Field(None, pattern=JOB_NAME, description="job name in the metadata (default: the command)")
     connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for each server to answer")
     include: StrList = Field(default_factory=list)
     exclude: StrList = Field(default_factory=list)
@@ -108,6 +110,7 @@ class StatusSettings(Settings):
     dst: str | None = None
     meta: str | None = None
     meta_db: str = "mongoferry_meta"
+    job: str | None = Field(None, pattern=JOB_NAME)
     connect_timeout: float = Field(10.0, gt=0)
 
 

@@ -17,7 +17,7 @@ log = logging.getLogger("mongoferry.copy")
 
 def run_copy(settings: CopySettings) -> int:
     fmt = resolve_format(settings.log_format)
-    ends = open_endpoints(settings)
+    ends = open_endpoints(settings, "copy")
     try:
         ends.refuse_same_deployment("copy")
         with stop_on_signals() as stop:

@@ -19,16 +19,23 @@ STALE_AFTER_S = 10
 
 
 def _meta(s: StatusSettings) -> MetaStore:
+    """The job's store: --job, or the only job the metadata database holds."""
     uri = validate_uri(s.meta or s.dst, "--meta" if s.meta else "--dst")
-    return MetaStore(connect(uri, "metadata server", s.connect_timeout), s.meta_db)
+    meta = MetaStore(connect(uri, "metadata server", s.connect_timeout), s.meta_db)
+    with driver_errors("reading the jobs"):
+        names = meta.job_names()
+    if s.job is None and len(names) > 1:
+        raise UsageError(f"the metadata database '{meta.db.name}' holds {len(names)} jobs ({', '.join(names)})",
+                         "name one with --job NAME")
+    return MetaStore(meta.db.client, s.meta_db, s.job or (names[0] if names else "sync"))
 
 
 def _job(meta: MetaStore) -> dict[str, Any]:
     with driver_errors("reading the job"):
-        doc = meta.jobs.find_one({"_id": "job"})
+        doc = meta.job_doc()
     if doc is None:
-        raise UsageError(f"no job in the metadata database '{meta.db.name}'",
-                         "point --dst (or --meta) at the destination the job writes to")
+        raise UsageError(f"no job {meta.job_name!r} in the metadata database '{meta.db.name}'",
+                         "point --dst (or --meta) at the destination the job writes to (and --job at its name)")
     return doc
 
 

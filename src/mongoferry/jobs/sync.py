@@ -36,6 +36,7 @@ from mongoferry.state.status import StatusReporter, SyncStatus
 log = logging.getLogger("mongoferry.sync")
 
 COMMAND_NOT_FOUND = 59
+CAPTURE_SINK = "dst"
 PERSIST_EVERY_S = 1.0
 COUNT_EVERY_S = 5.0
 
@@ -78,7 +79,7 @@ class SyncJob:
         if job is None or job.state == "initializing":
             start = Position(capture_start)
             copier.initialise(extra={"capture": self.s.capture},
-                              before_copy=lambda: meta.save_checkpoint("capture", start))
+                              before_copy=lambda: meta.save_position(CAPTURE_SINK, start))
             job = copier.job
         assert job is not None
         self.mapping = copier.mapping
@@ -101,7 +102,8 @@ class SyncJob:
         meta = self.ends.meta
         with driver_errors("reading the job's checkpoint"):
             job = meta.load_job()
-            start = meta.load_checkpoint("capture")
+            saved = meta.load_position(CAPTURE_SINK)
+            start = saved.position if saved else None
         assert job is not None and start is not None, "a sync job always saves its start position before copying"
         self.mapping = self.mapping or job.namespaces
         self.status.set(copy_done=True, state="COMMITTED" if job.state == "committed" else "CATCHING_UP")
@@ -139,7 +141,7 @@ class SyncJob:
         if self.status.commit_requested:
             return True
         try:
-            job = self.ends.meta.jobs.find_one({"_id": "job"}, projection={"extra.commitRequested": 1})
+            job = self.ends.meta.job_doc()
         except PyMongoError:
             return False
         if job and job.get("extra", {}).get("commitRequested"):
@@ -223,7 +225,8 @@ class SyncJob:
             self.write_blocked = False
         job = meta.load_job()
         assert job is not None
-        start = meta.load_checkpoint("reverse") or Position(job.extra["reverseStart"])
+        saved = meta.load_position("reverse")
+        start = saved.position if saved else Position(job.extra["reverseStart"])
         reverse_map = NamespaceMap(include=tuple(self.mapping.values()),
                                    coll_renames={d: s for s, d in self.mapping.items() if d != s},
                                    meta_db=self.s.meta_db)
@@ -272,7 +275,7 @@ class SyncJob:
 def run_sync(settings: SyncSettings) -> int:
     fmt = resolve_format(settings.log_format)
     bind = parse_bind(settings.http)
-    ends = open_endpoints(settings)
+    ends = open_endpoints(settings, "sync")
     status = SyncStatus()
     http: HttpServer | None = None
     try:

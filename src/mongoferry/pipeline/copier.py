@@ -91,7 +91,7 @@ class Copier:
             self.mapping = self.nsmap.resolve(names)
             existing = self.meta.load_job()
         fp = self.fingerprint()
-        if existing and existing.state != "done":
+        if existing and not existing.finished:
             if existing.fingerprint != fp:
                 raise UsageError(
                     f"the metadata database holds an unfinished {existing.kind} with a different "

@@ -58,7 +58,7 @@ class CopyWindow:
         window = cls(meta, nsmap, copy_end, copy_namespace)
         for doc in meta.load_collections():
             window.copied_at[doc["_id"]] = doc.get("copiedAt")  # None: not known to be complete
-        for doc in meta.recopies.find():
+        for doc in meta.recopies.all():
             if doc.get("done"):
                 window.copied_at[doc["_id"]] = doc["copiedAt"]
                 window.lookup_until[doc["_id"]] = doc["copiedAt"]
@@ -96,8 +96,8 @@ class CopyWindow:
         return []
 
     def _needs_recopy(self, src: str, to: str, ts: Timestamp) -> bool:
-        decided = self.meta.recopies.find_one({"_id": to, "trigger": ts})
-        if decided is not None:  # this rename was replayed before a restart: finish what it began
+        decided = self.meta.recopies.get(to)
+        if decided is not None and decided.get("trigger") == ts:  # replayed before a restart: finish it
             return not decided.get("done")
         if not self.nsmap.selected(src):
             return True  # renamed into the selection: never copied
@@ -121,13 +121,12 @@ class CopyWindow:
         dst_ns = self.nsmap.target(src_ns)
         log.warning("namespace changed by DDL while it was copied: copying it again",
                     extra={"ns": src_ns, "dst": dst_ns, "at": f"{trigger.time}:{trigger.inc}"})
-        self.meta.recopies.replace_one({"_id": src_ns}, {"_id": src_ns, "dst": dst_ns, "trigger": trigger,
-                                                         "done": False}, upsert=True)
+        self.meta.recopies.put(src_ns, {"dst": dst_ns, "trigger": trigger, "done": False})
         ended = self.copy_namespace(src_ns, dst_ns)
         self.copied_at[src_ns] = ended
         self.lookup_until[src_ns] = max(ended, self.lookup_until.get(src_ns, ended))
         self.last_lookup.pop(src_ns, None)
-        self.meta.recopies.update_one({"_id": src_ns}, {"$set": {"copiedAt": ended, "done": True}})
+        self.meta.recopies.set(src_ns, copiedAt=ended, done=True)
         if src_ns not in self.recopied:
             self.recopied.append(src_ns)
         log.info("namespace copied again", extra={"ns": src_ns, "dst": dst_ns})

@@ -39,7 +39,7 @@ def is_transient(exc: BaseException) -> bool:
 
 class Replayer:
     def __init__(self, open_capture: Callable[[Position], Capture], applier: Applier, meta: MetaStore,
-                 status: SyncStatus, stop: threading.Event, start: Position, checkpoint_id: str = "capture",
+                 status: SyncStatus, stop: threading.Event, start: Position, checkpoint_id: str = "dst",
                  max_batch: int = 1000) -> None:
         self.open_capture = open_capture
         self.applier = applier
@@ -62,7 +62,7 @@ class Replayer:
             if batch.units:
                 self.applier.apply(batch.units)
             if batch.position is not None:
-                self.meta.save_checkpoint(self.checkpoint_id, batch.position)
+                self.meta.save_position(self.checkpoint_id, batch.position)
                 self.position = batch.position
             self._failing_since = None
             self._update_lag(batch)

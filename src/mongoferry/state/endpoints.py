@@ -35,7 +35,7 @@ class Endpoints:
             c.close()
 
 
-def open_endpoints(s: ConnectionSettings) -> Endpoints:
+def open_endpoints(s: ConnectionSettings, kind: str = "job") -> Endpoints:
     """Validate everything that can be validated without writing, then connect."""
     src_uri = validate_uri(s.src, "--src")
     dst_uri = validate_uri(s.dst, "--dst")
@@ -56,6 +56,6 @@ def open_endpoints(s: ConnectionSettings) -> Endpoints:
         src.close()
         dst.close()
         raise
-    ends = Endpoints(src, dst, meta_client, MetaStore(meta_client, s.meta_db), nsmap)
+    ends = Endpoints(src, dst, meta_client, MetaStore(meta_client, s.meta_db, s.job or kind), nsmap)
     ends.same_as_source = src_id if same_deployment(src_id, dst_id) else None
     return ends

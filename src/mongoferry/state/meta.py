@@ -1,13 +1,16 @@
-"""The metadata store: job identity and progress, in a MongoDB database.
+"""The metadata store: jobs, their copy progress and one position per sink, in a MongoDB database.
 
-Collections of the metadata database (`mongoferry_meta` on the destination
-unless --meta is given):
-- `jobs`:        one document `{_id: "job"}`: kind, fingerprint, state, namespaces.
-- `collections`: one per source namespace: destination, kind, options, indexes, state.
+Collections of the metadata database (`mongoferry_meta` on the destination unless --meta is
+given); several jobs (`--job NAME`, by default the command's name) share it, each seeing only its
+own documents (their `_id` starts with `<job>:`, and they carry `job`):
+- `jobs`:        one per job, `_id` its name: kind, fingerprint, state, namespaces, extra.
+- `collections`: one per source namespace: destination, kind, options, indexes, state, copiedAt.
 - `partitions`:  one per `_id` range: bounds, `last_id` copied, docs, bytes, done.
-- `checkpoints`: change-capture positions (sync).
-A partition's `last_id` is written only after the batch ending at it has been
-acknowledged by the destination, so everything up to it is there.
+- `checkpoints`: one per sink: the position up to which that sink has applied every change, and
+                 the last change applied (to tell, on a restart, whether the source still has it).
+- `recopies`:    namespaces the replay copied again (DDL during the copy).
+A partition's `last_id` is written only after the batch ending at it has been acknowledged by the
+destination, and a sink's position only after the sink applied everything before it.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo import ASCENDING, ReplaceOne
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 from mongoferry.core.events import Position
 from mongoferry.core.model import Partition, utc_now
 from mongoferry.infra.clients import DECODED, Client
 
-JOB_ID = "job"
+FINISHED_STATES = ("done", "committed")  # a new job of the same name starts over
 
 
 @dataclass
@@ -33,80 +37,135 @@ class Job:
     namespaces: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+
+@dataclass
+class SavedPosition:
+    position: Position
+    last_event: dict[str, Any] | None = None  # {ts, ns, id}: the last change the sink applied
+
+
+class Scoped:
+    """One job's view of a collection: `_id`s are prefixed with the job's name, hidden from callers."""
+
+    def __init__(self, coll: Collection[dict[str, Any]], job: str) -> None:
+        self.coll = coll
+        self.job = job
+
+    def key(self, name: str) -> str:
+        return f"{self.job}:{name}"
+
+    def _out(self, doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        if doc is not None:
+            doc["_id"] = str(doc["_id"]).partition(":")[2]
+        return doc
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self._out(self.coll.find_one({"_id": self.key(name)}))
+
+    def all(self) -> list[dict[str, Any]]:
+        return [d for d in (self._out(x) for x in self.coll.find({"job": self.job}).sort("_id", ASCENDING))
+                if d is not None]
+
+    def put(self, name: str, doc: dict[str, Any]) -> None:
+        body = {k: v for k, v in doc.items() if k != "_id"}
+        self.coll.replace_one({"_id": self.key(name)}, {"_id": self.key(name), "job": self.job, **body}, upsert=True)
+
+    def set(self, name: str, **fields: Any) -> None:
+        self.coll.update_one({"_id": self.key(name)}, {"$set": {"job": self.job, **fields}}, upsert=True)
+
+    def clear(self) -> None:
+        self.coll.delete_many({"job": self.job})
+
 
 class MetaStore:
-    def __init__(self, client: Client, db_name: str) -> None:
+    def __init__(self, client: Client, db_name: str, job: str = "job") -> None:
         self.db: Database[dict[str, Any]] = client.get_database(db_name, codec_options=DECODED)
+        self.job_name = job
         self.jobs = self.db["jobs"]
-        self.collections = self.db["collections"]
-        self.partitions = self.db["partitions"]
-        self.checkpoints = self.db["checkpoints"]
-        self.recopies = self.db["recopies"]  # namespaces the replay copied again (DDL in the copy window)
+        self.collections = Scoped(self.db["collections"], job)
+        self.partitions = Scoped(self.db["partitions"], job)
+        self.checkpoints = Scoped(self.db["checkpoints"], job)
+        self.recopies = Scoped(self.db["recopies"], job)
+
+    def job_names(self) -> list[str]:
+        return sorted(str(d["_id"]) for d in self.jobs.find({}, {"_id": 1}))
 
     # --- job ---
     def load_job(self) -> Job | None:
-        d = self.jobs.find_one({"_id": JOB_ID})
+        d = self.jobs.find_one({"_id": self.job_name})
         if d is None:
             return None
         return Job(kind=d["kind"], fingerprint=d["fingerprint"], state=d["state"],
                    namespaces={n["src"]: n["dst"] for n in d.get("namespaces", [])}, extra=d.get("extra", {}))
 
+    def job_doc(self) -> dict[str, Any] | None:
+        return self.jobs.find_one({"_id": self.job_name})
+
     def start_job(self, job: Job) -> None:
-        """Begin a new job: forget every earlier job's progress."""
-        self.jobs.replace_one({"_id": JOB_ID}, self._job_doc(job), upsert=True)
-        self.partitions.delete_many({})
-        self.collections.delete_many({})
-        self.checkpoints.delete_many({})
-        self.recopies.delete_many({})
-        self.partitions.create_index([("ns", ASCENDING), ("index", ASCENDING)])
+        """Begin this job anew: forget its earlier progress (other jobs' stays)."""
+        self.jobs.replace_one({"_id": self.job_name}, self._job_doc(job), upsert=True)
+        for scoped in (self.partitions, self.collections, self.checkpoints, self.recopies):
+            scoped.clear()
+        self.db["partitions"].create_index([("job", ASCENDING), ("ns", ASCENDING), ("index", ASCENDING)])
+        for name in ("collections", "checkpoints", "recopies"):
+            self.db[name].create_index("job")
 
     def _job_doc(self, job: Job) -> dict[str, Any]:
-        return {"_id": JOB_ID, "kind": job.kind, "fingerprint": job.fingerprint, "state": job.state,
+        return {"_id": self.job_name, "kind": job.kind, "fingerprint": job.fingerprint, "state": job.state,
                 "namespaces": [{"src": s, "dst": d} for s, d in job.namespaces.items()],
                 "extra": job.extra, "updated": utc_now()}
 
     def set_state(self, state: str, **extra: Any) -> None:
         upd: dict[str, Any] = {"state": state, "updated": utc_now()}
         upd.update({f"extra.{k}": v for k, v in extra.items()})
-        self.jobs.update_one({"_id": JOB_ID}, {"$set": upd})
+        self.jobs.update_one({"_id": self.job_name}, {"$set": upd})
 
     def set_extra(self, **extra: Any) -> None:
-        self.jobs.update_one({"_id": JOB_ID}, {"$set": {f"extra.{k}": v for k, v in extra.items()}})
+        self.jobs.update_one({"_id": self.job_name}, {"$set": {f"extra.{k}": v for k, v in extra.items()}})
 
-    # --- capture positions ---
-    def save_checkpoint(self, name: str, position: Position, **extra: Any) -> None:
-        self.checkpoints.replace_one({"_id": name}, {"_id": name, "position": position.to_doc(), **extra,
-                                                     "saved": utc_now()}, upsert=True)
+    # --- positions, one per sink ---
+    def save_position(self, sink: str, position: Position, last_event: dict[str, Any] | None = None) -> None:
+        doc: dict[str, Any] = {"position": position.to_doc(), "saved": utc_now()}
+        if last_event is not None:
+            doc["lastEvent"] = last_event
+        self.checkpoints.put(sink, doc)
 
-    def load_checkpoint(self, name: str) -> Position | None:
-        d = self.checkpoints.find_one({"_id": name})
-        return Position.from_doc(d["position"]) if d else None
+    def load_position(self, sink: str) -> SavedPosition | None:
+        d = self.checkpoints.get(sink)
+        return SavedPosition(Position.from_doc(d["position"]), d.get("lastEvent")) if d else None
 
     # --- collections ---
     def save_collection(self, ns: str, doc: dict[str, Any]) -> None:
-        self.collections.replace_one({"_id": ns}, {"_id": ns, **doc}, upsert=True)
+        self.collections.put(ns, doc)
 
     def update_collection(self, ns: str, **fields: Any) -> None:
-        self.collections.update_one({"_id": ns}, {"$set": fields})
+        self.collections.set(ns, **fields)
 
     def load_collections(self) -> list[dict[str, Any]]:
-        return list(self.collections.find().sort("_id", ASCENDING))
+        return self.collections.all()
 
     # --- partitions ---
     def save_partitions(self, ns: str, parts: list[Partition]) -> None:
-        self.partitions.delete_many({"ns": ns})
+        self.partitions.coll.delete_many({"job": self.job_name, "ns": ns})
         if parts:
-            self.partitions.bulk_write([ReplaceOne({"_id": p.id}, p.to_doc(), upsert=True) for p in parts])
+            self.partitions.coll.bulk_write([ReplaceOne({"_id": self.partitions.key(p.id)},
+                                                        {**p.to_doc(), "_id": self.partitions.key(p.id),
+                                                         "job": self.job_name}, upsert=True) for p in parts])
 
     def load_partitions(self) -> list[Partition]:
-        return [Partition.from_doc(d) for d in self.partitions.find().sort([("ns", 1), ("index", 1)])]
+        docs = self.partitions.coll.find({"job": self.job_name}).sort([("ns", 1), ("index", 1)])
+        return [Partition.from_doc({**d, "_id": str(d["_id"]).partition(":")[2]}) for d in docs]
 
     def checkpoint_partition(self, p: Partition) -> None:
         upd: dict[str, Any] = {"docs": p.docs, "bytes": p.bytes, "done": p.done}
         if p.has_last:
             upd["last_id"] = p.last_id
-        self.partitions.update_one({"_id": p.id}, {"$set": upd})
+        self.partitions.coll.update_one({"_id": self.partitions.key(p.id)}, {"$set": upd})
 
     def reset_partition(self, p: Partition) -> None:
-        self.partitions.update_one({"_id": p.id}, {"$set": {"docs": 0, "bytes": 0, "done": False},
-                                                    "$unset": {"last_id": ""}})
+        self.partitions.coll.update_one({"_id": self.partitions.key(p.id)},
+                                        {"$set": {"docs": 0, "bytes": 0, "done": False}, "$unset": {"last_id": ""}})
