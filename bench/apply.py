@@ -31,11 +31,11 @@ from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 from mongoferry.core.events import Position
 from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.dev.embedded import EmbeddedServer
-from mongoferry.pipeline.replay import Replayer
+from mongoferry.pipeline.loop import Pipeline
 from mongoferry.sinks.mongo_apply import Applier
 from mongoferry.source import capture as cap
 from mongoferry.state.meta import MetaStore
-from mongoferry.state.status import SyncStatus
+from mongoferry.state.status import JobStatus
 
 Client = MongoClient[dict[str, Any]]
 
@@ -84,10 +84,12 @@ def ceiling(dst: Client, ops: list[Any], n_docs: int) -> float:
     return rate
 
 
-def replayer(src: Client, dst: Client, start: Position, status: SyncStatus, stop: threading.Event) -> Replayer:
+def replayer(src: Client, dst: Client, start: Position, status: JobStatus,
+             stop: threading.Event) -> tuple[Pipeline, Applier]:
     applier = Applier(src, dst, NamespaceMap.build(include=["bench"]))
-    return Replayer(lambda p: cap.ChangeStreamCapture(src, p, ["admin", "config", "local", "mongoferry_meta"]),
-                    applier, MetaStore(dst, "mongoferry_meta"), status, stop, start)
+    excluded = ["admin", "config", "local", "mongoferry_meta"]
+    return Pipeline(lambda p: cap.ChangeStreamCapture(src, p, excluded), [applier], start, status, stop,
+                    store=MetaStore(dst, "mongoferry_meta", "bench")), applier
 
 
 def throughput(src: Client, dst: Client, ops: list[Any], n_docs: int) -> tuple[float, int]:
@@ -97,7 +99,7 @@ def throughput(src: Client, dst: Client, ops: list[Any], n_docs: int) -> tuple[f
     for i in range(0, len(ops), 1000):  # one op per command, like an application
         for op in ops[i:i + 1000]:
             src.bench.docs.bulk_write([op])
-    rep = replayer(src, dst, start, SyncStatus(), threading.Event())
+    rep, applier = replayer(src, dst, start, JobStatus(), threading.Event())
     started = time.perf_counter()
     events = 0
     while True:
@@ -106,7 +108,7 @@ def throughput(src: Client, dst: Client, ops: list[Any], n_docs: int) -> tuple[f
         if batch.idle:
             break
     rep.close()
-    return events / (time.perf_counter() - started), rep.applier.stats.lookups
+    return events / (time.perf_counter() - started), applier.stats.lookups
 
 
 def lag_under_load(src: Client, dst: Client, rate: float, seconds: float, n_docs: int) -> list[float]:
@@ -127,7 +129,7 @@ def lag_under_load(src: Client, dst: Client, rate: float, seconds: float, n_docs
                 time.sleep(delay)
 
     w = threading.Thread(target=writer)
-    rep = replayer(src, dst, start, SyncStatus(), threading.Event())
+    rep, _ = replayer(src, dst, start, JobStatus(), threading.Event())
     lags: list[float] = []
     w.start()
     while w.is_alive() or not lags:

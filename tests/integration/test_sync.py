@@ -371,7 +371,8 @@ def test_commit_with_write_blocking_on_a_server_without_it_fails_visibly_and_kee
     p = sync.progress()
     assert "setUserWriteBlockMode" in p["lastError"] and "--no-write-block" in p["lastError"]
     assert p["errors"] >= 1
-    sync.wait_state("RUNNING", timeout=30)
+    sync.wait_state("COMMIT_FAILED", timeout=30)  # the state says so, and it cannot commit as it is
+    assert sync.progress()["canCommit"] is False
     assert sync.alive(), sync.log_tail()
     assert '"commit failed"' in sync.log_text()
     # still replicating after the failed commit
@@ -385,7 +386,13 @@ def test_commit_with_write_blocking_on_a_server_without_it_fails_visibly_and_kee
     assert "commit failed" in r2.out and "setUserWriteBlockMode" in r2.out
     assert sync.alive(), sync.log_tail()
     assert job_state(dst) == "replaying"
-    assert sync.terminate() == 0, sync.log_tail()
+    # The operator stopped the writers: the same sync commits without write blocking, no restart.
+    r3 = httpx.post(sync.url("/api/v1/commit"), json={"writeBlock": "no"}, timeout=10)
+    assert r3.status_code == 400, r3.text
+    r3 = httpx.post(sync.url("/api/v1/commit"), json={"writeBlock": False}, timeout=10)
+    assert r3.status_code == 200 and r3.json()["success"] is True
+    assert sync.wait_exit(120) == 0, sync.log_tail()
+    assert job_state(dst) == "committed"
     assert_identical(src, dst, expect={"app.users", "app.orders"})
 
 

@@ -11,7 +11,7 @@ from bson import Timestamp
 from mongoferry.core.errors import UsageError
 from mongoferry.http.server import parse_bind
 from mongoferry.source.capture import change_event_to_event, lag_seconds
-from mongoferry.state.status import SyncStatus
+from mongoferry.state.status import JobStatus
 
 TOKEN = {"_data": "8265"}
 
@@ -78,7 +78,7 @@ def test_lag_is_zero_without_a_wall_time_and_positive_for_old_events() -> None:
 
 
 def test_can_commit_needs_a_finished_copy_and_small_lag() -> None:
-    s = SyncStatus()
+    s = JobStatus()
     s.set(state="RUNNING", lag=0.2)
     assert not s.can_commit()
     s.set(copy_done=True)
@@ -90,7 +90,7 @@ def test_can_commit_needs_a_finished_copy_and_small_lag() -> None:
 
 
 def test_snapshot_has_every_documented_field() -> None:
-    snap = SyncStatus().snapshot()
+    snap = JobStatus().snapshot()
     assert set(snap) >= {"state", "canCommit", "lagTimeSeconds", "copy", "events", "namespaces"}
     assert set(snap["copy"]) == {"totalDocs", "copiedDocs", "totalBytes", "copiedBytes"}
     assert set(snap["events"]) == {"insert", "update", "replace", "delete", "ddl", "txn", "skipped"}

@@ -150,13 +150,15 @@ def status(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
 
 @main.command()
 @status_options
+@click.option("--no-write-block", "no_write_block", is_flag=True,
+              help="Do not block the source's writes for this commit (stop the writers yourself first).")
 @common_options
 @click.pass_context
-def commit(ctx: click.Context, /, **values: Any) -> None:
+def commit(ctx: click.Context, /, no_write_block: bool, **values: Any) -> None:
     """Ask a running sync to commit (same as POST /api/v1/commit), and wait for the outcome."""
     from mongoferry.jobs.status import run_commit
 
-    run_guarded(lambda: run_commit(settings_from(ctx, StatusSettings, values)))
+    run_guarded(lambda: run_commit(settings_from(ctx, StatusSettings, values), write_block=not no_write_block))
 
 
 @main.command("replay-oplog")

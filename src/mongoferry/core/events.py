@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from bson import Timestamp
 
-Op = Literal["insert", "replace", "update", "delete", "ddl", "noop"]
+# "raw": a source document carried as the source wrote it, for a sink that publishes it so (publish-redis).
+Op = Literal["insert", "replace", "update", "delete", "ddl", "noop", "raw"]
 UpdateKind = Literal["oplog", "description"]
 
 
@@ -58,6 +59,7 @@ class ChangeEvent:
     txn: TxnId | None = None
     wall: Any = None  # datetime the source wrote it, for lag
     from_migrate: bool = False
+    raw: Any = None  # op "raw": the change event or oplog entry itself
 
     @property
     def db(self) -> str:
@@ -66,3 +68,27 @@ class ChangeEvent:
     @property
     def coll(self) -> str:
         return self.ns.partition(".")[2]
+
+
+Unit = list[ChangeEvent]  # applied atomically: one event, or every event of one transaction
+
+
+@dataclass
+class Batch:
+    """What a capture hands the pipeline at a time: apply units in source order, and the position
+    to save once every unit is applied. Oplog captures also keep the raw entries they read (`entries`,
+    in order, transaction and no-op entries included), so an archive can write real oplog entries."""
+
+    units: list[Unit] = field(default_factory=list)
+    idle: bool = False  # the source had nothing more when this batch ended
+    position: Position | None = None
+    entries: list[Any] = field(default_factory=list)
+    exhausted: bool = False  # a finite source (oplog files) has nothing more, ever
+
+    @property
+    def events(self) -> int:
+        return sum(len(u) for u in self.units)
+
+    @property
+    def last_event(self) -> ChangeEvent | None:
+        return self.units[-1][-1] if self.units and self.units[-1] else None

@@ -14,12 +14,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mongoferry.core.errors import UsageError
-from mongoferry.state.status import SyncStatus, make_registry
+from mongoferry.state.status import JobStatus, make_registry
 
 log = logging.getLogger("mongoferry.http")
 
 
-def sync_app(status: SyncStatus) -> Starlette:
+def sync_app(status: JobStatus) -> Starlette:
     registry = make_registry(status)
 
     async def progress(request: Request) -> JSONResponse:
@@ -40,7 +40,14 @@ def sync_app(status: SyncStatus) -> Starlette:
             return JSONResponse({"success": False, "error": "the copy has not finished yet"}, 409)
         if status.state in ("COMMITTING", "COMMITTED"):
             return JSONResponse({"success": True, "state": status.state})
-        status.set(commit_requested=True, paused=False)
+        try:
+            body = await request.json() if await request.body() else {}
+        except ValueError:
+            return JSONResponse({"success": False, "error": "the body must be JSON, e.g. {\"writeBlock\": false}"}, 400)
+        write_block = body.get("writeBlock", True) if isinstance(body, dict) else True
+        if not isinstance(write_block, bool):
+            return JSONResponse({"success": False, "error": "writeBlock must be true or false"}, 400)
+        status.set(commit_requested=True, commit_write_block=write_block, paused=False)
         return JSONResponse({"success": True, "state": "COMMITTING"})
 
     async def healthz(request: Request) -> JSONResponse:

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Final
 from bson import json_util
 from bson.timestamp import Timestamp
 
-from mongoferry.core.errors import EXIT_OK, ConnectError, MongoferryError, UsageError
+from mongoferry.core.errors import EXIT_OK, ConnectError, HistoryLostError, MongoferryError
+from mongoferry.core.events import Batch, Position
 from mongoferry.infra.redact import redact
 from mongoferry.jobs.publish_redis_settings import PublishRedisSettings
 from mongoferry.sinks.redis.format import (
@@ -54,13 +55,13 @@ from mongoferry.sinks.redis.format import (
     publications_from_oplog_entry,
     resume_value,
 )
-from mongoferry.source.otr_readers import ChangeStreamReader, HistoryLost, OplogReader, StartPoint
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from mongoferry.infra.clients import Client
-    from mongoferry.sinks.redis.publisher import Outgoing, PublishMetrics, RedisClient, RedisPublisher
+    from mongoferry.sinks.redis.publisher import PublishMetrics, RedisClient, RedisPublisher
+    from mongoferry.sinks.redis.sink import Formatted
 
 log = logging.getLogger("mongoferry.publish_redis")
 
@@ -72,9 +73,7 @@ __all__ = [
 ]
 
 DRAIN_TIMEOUT_S: Final = 15.0
-RECONNECT_MAX_S: Final = 5.0
 HEALTH_TIMEOUT_S: Final = 2.0
-INVALID_TOKEN_CODES: Final = (9, 260)  # FailedToParse, InvalidResumeToken
 
 # --------------------------------------------------------------------------- the job
 
@@ -88,55 +87,73 @@ def _epoch(wall: Any, ts: Timestamp) -> float:
 
 
 class PublishJob:
+    """publish-redis on the shared pipeline: OTR's capture → format once → one sink per Redis."""
+
     def __init__(self, settings: PublishRedisSettings, mongo: Client, publishers: list[RedisPublisher],
                  metrics: PublishMetrics, stop: threading.Event) -> None:
+        from mongoferry.sinks.redis.sink import RedisSink
+        from mongoferry.state.status import JobStatus
+
         self.s = settings
         self.mongo = mongo
         self.publishers = publishers
         self.metrics = metrics
         self.stop = stop
-        self.reader: ChangeStreamReader | OplogReader = (
-            OplogReader(mongo) if settings.capture == "oplog" else ChangeStreamReader(mongo))
+        self.sinks = [RedisSink(p, stop) for p in publishers]
+        self.status = JobStatus()
 
     # ------------------------------------------------------------ start position
-    def initial_start(self) -> StartPoint:
-        """OTR's rule: resume from the stored position if younger than the max catch-up, else the end."""
+    def initial_start(self) -> Position | None:
+        """OTR's rule, over every Redis: resume from the lowest stored position (a Redis that was behind
+        gets what it missed; the others drop the replay by its dedupe keys) if it is younger than the
+        max catch-up; otherwise, or with none stored anywhere, start at the end (None)."""
+        stored = [self._stored(p) for p in self.publishers]
+        if any(s is None for s in stored):
+            missing = [p.target.shown for p, s in zip(self.publishers, stored, strict=True) if s is None]
+            if len(missing) == len(stored):
+                log.info("no stored position: starting at the end",
+                         extra={"key": last_processed_key(0, self.s.metadata_prefix)})
+                return None
+            log.warning("no stored position in %s: resuming from the others' lowest; it gets what they had",
+                        ", ".join(missing))
+        start = min((s for s in stored if s is not None), key=lambda p: (p.ts.time, p.ts.inc))
+        age = time.time() - start.ts.time
+        if age > self.s.max_catch_up_s:
+            self.report_skip(start.ts, f"the stored position is {age:.1f}s old, more than the max catch-up of "
+                                       f"{self.s.max_catch_up_s:g}s")
+            return None
+        return start
+
+    def _stored(self, publisher: RedisPublisher) -> Position | None:
         from redis.exceptions import RedisError
 
         from mongoferry.sinks.redis.publisher import read_position
 
-        first = self.publishers[0]
         key = last_processed_key(0, self.s.metadata_prefix)
         for attempt in range(5):
             try:
-                stored = read_position(first.client, self.s.metadata_prefix)
+                stored = read_position(publisher.client, self.s.metadata_prefix)
                 break
             except RedisError as exc:
                 if attempt == 4:
-                    raise ConnectError(f"cannot read {key} from Redis {first.target.shown}: {redact(str(exc))}",
+                    raise ConnectError(f"cannot read {key} from Redis {publisher.target.shown}: {redact(str(exc))}",
                                        "check the Redis server; rerun the same command") from None
                 time.sleep(0.5 * (attempt + 1))
         if stored.raw is None:
-            log.info("no stored position: starting at the end", extra={"key": key})
-            return StartPoint()
+            return None
         try:
             ts = parse_resume_value(stored.raw)
         except ValueError as exc:
-            log.error("the stored position is unusable, starting at the end: %s", exc, extra={"key": key})
-            return StartPoint()
-        age = time.time() - ts.time
-        if age > self.s.max_catch_up_s:
-            self.report_skip(ts, f"the stored position is {age:.1f}s old, more than the max catch-up of "
-                                 f"{self.s.max_catch_up_s:g}s")
-            return StartPoint()
+            log.error("the stored position is unusable: %s", exc, extra={"key": key, "redis": publisher.target.shown})
+            return None
         if self.s.capture == "change-stream" and stored.token:
             try:
                 token = json_util.loads(stored.token)
                 if isinstance(token, Mapping):
-                    return StartPoint(ts=ts, token=token)
+                    return Position(ts, 0, dict(token))
             except ValueError:
                 log.warning("the stored resume token is unusable; resuming from the stored timestamp")
-        return StartPoint(ts=ts)
+        return Position(ts, 1)  # index > 0: at its time, inclusive (a transaction is counted again whole)
 
     def report_skip(self, since: Timestamp | None, why: str) -> None:
         span = max(0.0, time.time() - since.time) if since is not None else 0.0
@@ -146,108 +163,82 @@ class PublishJob:
         self.metrics.catch_up_skipped.set(span)
         self.metrics.catch_up_skips.inc()
 
+    def at_end(self) -> Position:
+        """The end, as a position: now (what is written from now on is read)."""
+        from mongoferry.infra.clients import driver_errors
+        from mongoferry.source.capture import current_time
+
+        with driver_errors("reading MongoDB's cluster time"):
+            return Position(current_time(self.mongo), 1)
+
+    def history_lost(self, exc: HistoryLostError) -> Position:
+        self.report_skip(self.pipeline.last_event["ts"] if self.pipeline.last_event else None,
+                         f"MongoDB no longer holds the position ({exc.message})")
+        return self.at_end()
+
     # ------------------------------------------------------------ main loop
     def run(self) -> int:
-        from pymongo.errors import OperationFailure, PyMongoError
+        from mongoferry.pipeline.loop import Pipeline
+        from mongoferry.source.otr_capture import OtrCapture
 
-        start = self.initial_start()
-        announced = False
-        pause = 0.2
-        failing_since: float | None = None
-        last_log = 0.0
-        while not self.stop.is_set():
-            opened = False
-            try:
-                self.open(start)
-                opened = True
-                if not announced:
-                    announced = True
-                    log.info("publishing to Redis %s", start.describe(),
-                             extra={"capture": self.s.capture, "redis": [p.target.shown for p in self.publishers],
-                                    "start": resume_value(start.ts) if start.ts is not None else None})
-                if failing_since is not None:
-                    log.warning("MongoDB is back: reading again after %.1fs", time.time() - failing_since)
-                    failing_since, pause = None, 0.2
-                self.pump()
-            except HistoryLost as exc:
-                self.report_skip(self.reader.last_ts or start.ts, f"MongoDB no longer holds the position ({exc})")
-                self.reader.close()
-                start = StartPoint()
-            except PyMongoError as exc:
-                if (not opened and isinstance(exc, OperationFailure) and start.token is not None
-                        and start.ts is not None and exc.code in INVALID_TOKEN_CODES):
-                    log.warning("cannot resume after the stored token (%s); resuming from its timestamp",
-                                redact(str((exc.details or {}).get("errmsg", exc))))
-                    start = StartPoint(ts=start.ts)
-                    continue
-                start = self.reader.resume_point(start)
-                self.reader.close()
-                now = time.time()
-                if failing_since is None:
-                    failing_since = last_log = now
-                    log.warning("lost MongoDB, retrying: %s", redact(str(exc)))
-                elif now - last_log >= 30:
-                    last_log = now
-                    log.warning("still cannot read from MongoDB after %.0fs: %s", now - failing_since,
-                                redact(str(exc)))
-                self.stop.wait(pause)
-                pause = min(pause * 2, RECONNECT_MAX_S)
-        self.reader.close()
+        stored = self.initial_start()
+        start = stored if stored is not None else self.at_end()
+        self.pipeline = Pipeline(lambda position: OtrCapture(self.mongo, self.s.capture, position),
+                                 list(self.sinks), start, self.status, self.stop, route=self.format,
+                                 on_history_lost=self.history_lost, max_batch=self.s.batch_size)
+        log.info("publishing to Redis %s", "at the end" if stored is None else f"from {resume_value(start.ts)}",
+                 extra={"capture": self.s.capture, "redis": [p.target.shown for p in self.publishers],
+                        "start": resume_value(start.ts) if stored is not None else None})
+        try:
+            while not self.stop.is_set():
+                self.pipeline.step()
+                self.check_publishers()
+        finally:
+            self.pipeline.close()
         return EXIT_OK
 
-    def open(self, start: StartPoint) -> None:
-        self.reader.close()
-        self.reader.open(start)
-
-    def pump(self) -> None:
-        """Read and queue until stopped; errors propagate to :meth:`run`."""
-        while not self.stop.is_set():
-            doc = self.reader.next()
-            if doc is None:
-                self.check_publishers()
-                continue
-            self.handle(doc)
-
     def check_publishers(self) -> None:
+        if self.stop.is_set():
+            return
         for p in self.publishers:
             if not p.thread.is_alive():
                 raise MongoferryError(f"the publisher for Redis {p.target.shown} stopped",
                                       "see the log above; rerun the same command to resume")
 
-    def handle(self, doc: Mapping[str, Any]) -> None:
-        from mongoferry.sinks.redis.publisher import Outgoing
+    # ------------------------------------------------------------ formatting (once, for every Redis)
+    def format(self, batch: Batch) -> dict[str, Batch]:
+        import dataclasses
+
+        units = [[dataclasses.replace(e, raw=self.formatted(e.raw, e.position.index)) for e in unit]
+                 for unit in batch.units]
+        shared = Batch(units=units, idle=batch.idle, position=batch.position)
+        return {sink.name: shared for sink in self.sinks}
+
+    def formatted(self, doc: Mapping[str, Any], index: int) -> Formatted:
+        from mongoferry.sinks.redis.sink import Formatted
 
         self.metrics.events_received.inc()
         token: str | None = None
-        if isinstance(self.reader, ChangeStreamReader):
-            tx_index = self.reader.indexer.index(doc)
+        if self.s.capture == "change-stream":
             if self.s.deep_fields:
                 doc = flattened_update_fields(doc)
             pubs, problems = publications_from_change_event(
-                doc, tx_index=tx_index, deep_fields=self.s.deep_fields, meteor_ids=self.s.meteor_ids,
+                doc, tx_index=index, deep_fields=self.s.deep_fields, meteor_ids=self.s.meteor_ids,
                 metadata_prefix=self.s.metadata_prefix)
             ts, wall = doc.get("clusterTime"), doc.get("wallTime")
             if "lsid" not in doc and isinstance(doc.get("_id"), Mapping):
                 token = json_util.dumps(doc["_id"])
         else:
-            offset = self.reader.tx_offset(doc)
             pubs, problems = publications_from_oplog_entry(
                 doc, deep_fields=self.s.deep_fields, meteor_ids=self.s.meteor_ids,
                 metadata_prefix=self.s.metadata_prefix)
-            if offset:
-                pubs = [_shifted(p, offset, self.s.metadata_prefix) for p in pubs]
+            if index:
+                pubs = [_shifted(p, index, self.s.metadata_prefix) for p in pubs]
             ts, wall = doc.get("ts"), doc.get("wall")
-        if isinstance(ts, Timestamp):
-            written_at = _epoch(wall, ts)
-            self.metrics.last_received_staleness.set(max(0.0, time.time() - written_at))
+        written_at = _epoch(wall, ts) if isinstance(ts, Timestamp) else time.time()
+        self.metrics.last_received_staleness.set(max(0.0, time.time() - written_at))
         self.report(problems)
-        for p in pubs:
-            item: Outgoing = Outgoing(p, _epoch(wall, p.ts), token)
-            for publisher in self.publishers:
-                if not publisher.put(item, self.stop):
-                    if not self.stop.is_set():
-                        self.check_publishers()
-                    return
+        return Formatted(pubs, written_at, token)
 
     def report(self, problems: list[str]) -> None:
         for problem in problems:
@@ -312,7 +303,7 @@ def http_app(mongo: Client, health_clients: list[RedisClient], metrics: PublishM
 def run_publish_redis(settings: PublishRedisSettings) -> int:
     """Validate, connect, publish until SIGTERM/SIGINT. Exit 2 on bad input, 3 when unreachable."""
     from mongoferry.http.server import HttpServer, parse_bind
-    from mongoferry.infra.clients import connect, validate_uri
+    from mongoferry.infra.clients import connect, driver_errors, validate_uri
     from mongoferry.infra.redact import redact_uri
     from mongoferry.infra.runtime import stop_on_signals
     from mongoferry.sinks.redis.publisher import (
@@ -322,6 +313,7 @@ def run_publish_redis(settings: PublishRedisSettings) -> int:
         open_redis,
         parse_redis_urls,
     )
+    from mongoferry.source.capture import check_capture
 
     # 1. Everything that can be checked without a server.
     targets = parse_redis_urls(settings.redis_url)
@@ -344,7 +336,8 @@ def run_publish_redis(settings: PublishRedisSettings) -> int:
     try:
         for target, client in zip(targets, clients, strict=True):
             check_redis(client, target, redis_timeout)
-        _check_capture(mongo, settings)
+        with driver_errors("opening the change capture"):
+            check_capture(mongo, settings.capture, "MongoDB")
         metrics = PublishMetrics()
         publishers = [RedisPublisher(t, c, metrics, ttl_s=settings.dedupe_ttl_s,
                                      metadata_prefix=settings.metadata_prefix,
@@ -375,21 +368,3 @@ def run_publish_redis(settings: PublishRedisSettings) -> int:
         mongo.close()
         for c in clients + health:
             c.close()
-
-
-def _check_capture(mongo: Client, settings: PublishRedisSettings) -> None:
-    from pymongo.errors import OperationFailure
-
-    from mongoferry.infra.clients import driver_errors
-
-    with driver_errors("opening the change capture"):
-        if settings.capture == "oplog":
-            if mongo.local["oplog.rs"].find_one({}, projection={"ts": 1}) is None:
-                raise UsageError("--capture oplog needs a replica-set member with an oplog",
-                                 "connect to a replica-set member, or use the default change streams")
-            return
-        try:
-            mongo.watch(max_await_time_ms=10).close()
-        except OperationFailure as exc:
-            raise UsageError(f"MongoDB cannot open a change stream: {(exc.details or {}).get('errmsg', exc)}",
-                             "change streams need a replica set or a sharded cluster (MongoDB 4.0+)") from None

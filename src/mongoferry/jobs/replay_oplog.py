@@ -8,31 +8,33 @@ skipped, no-ops ignored, unknown operations refused.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import bson
 from bson import Timestamp
 from bson.errors import BSONError
 
-from mongoferry.core.errors import EXIT_OK, UsageError
+from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, UsageError
+from mongoferry.core.events import Position
 from mongoferry.core.namespaces import NamespaceMap
-from mongoferry.core.oplog import TransactionAssembler, entry_to_events, parse_oplog_limit
-from mongoferry.infra.clients import DECODED, connect, driver_errors, validate_uri
+from mongoferry.core.oplog import entry_to_events, parse_oplog_limit
+from mongoferry.infra.clients import connect, driver_errors, validate_uri
 from mongoferry.infra.config import ReplayOplogSettings
+from mongoferry.infra.runtime import stop_on_signals
+from mongoferry.pipeline.loop import Pipeline
 from mongoferry.sinks.mongo_apply import Applier
+from mongoferry.source.capture import OplogFileCapture, read_oplog_file
+from mongoferry.state.status import JobStatus
 
 log = logging.getLogger("mongoferry.replay_oplog")
-BATCH_UNITS = 1000
+BATCH_EVENTS = 1000
 
 
 def _entries(path: Path) -> Iterator[dict[str, Any]]:
     try:
-        with path.open("rb") as f:
-            yield from bson.decode_file_iter(f, DECODED)
+        yield from read_oplog_file(path)
     except (BSONError, ValueError) as exc:
         raise UsageError(f"{path} is not a BSON file of oplog entries ({exc})",
                          "give mongodump's oplog.bson or a dump of local.oplog.rs") from None
@@ -65,10 +67,6 @@ def check_files(paths: list[Path], limit: Timestamp | None) -> dict[str, int]:
     return counts
 
 
-def merged(paths: list[Path]) -> Iterator[dict[str, Any]]:
-    return heapq.merge(*(_entries(p) for p in paths), key=_key)
-
-
 def run_replay_oplog(settings: ReplayOplogSettings, files: list[str]) -> int:
     if not files:
         raise UsageError("no oplog file given", "mongoferry replay-oplog --dst URI FILE.bson …")
@@ -79,27 +77,27 @@ def run_replay_oplog(settings: ReplayOplogSettings, files: list[str]) -> int:
     counts = check_files(paths, limit)
     dst = connect(dst_uri, "destination", settings.connect_timeout)
     applier = Applier(None, dst, nsmap)  # no source: an update we cannot reproduce is an error
-    assembler = TransactionAssembler()
-    units: list[list[Any]] = []
-    applied = 0
+    captures: list[OplogFileCapture] = []
+
+    def open_files(position: Position) -> OplogFileCapture:  # reopened after a transient error
+        captures.append(OplogFileCapture(paths, start=position, limit=limit))
+        return captures[-1]
+
     try:
-        with driver_errors("applying oplog entries"):
-            for entry in merged(paths):
-                if limit is not None and entry["ts"] >= limit:
-                    break
-                units.extend(assembler.feed(entry))
-                if len(units) >= BATCH_UNITS:
-                    applier.apply(units)
-                    applied += sum(len(u) for u in units)
-                    units = []
-            units.extend(assembler.flush())
-            applier.apply(units)
-            applied += sum(len(u) for u in units)
+        with stop_on_signals() as stop, driver_errors("applying oplog entries"):
+            pipeline = Pipeline(open_files, [applier], Position(Timestamp(0, 0)), JobStatus(), stop,
+                                max_batch=BATCH_EVENTS)
+            pipeline.run_to_end()
+            pipeline.close()
+            if stop.is_set():
+                log.warning("stopped before the end; the same command replays the files again (harmlessly)")
+                return EXIT_UNEXPECTED
     finally:
         dst.close()
-    if assembler.pending():
+    if captures and captures[-1].unfinished_transaction():
         log.warning("the files end inside a transaction whose commit was not found; it was not applied")
-    stats = {k: int(v) for k, v in applier.stats.counts.items()}
+    applied = sum(c.events_read for c in captures)  # replays after a transient error included
+    stats = {k: int(v) for k, v in applier.stats.events.items()}
     log.info("oplog replay complete", extra={"entries": counts["entries"], "events": applied,
                                              "stoppedAtLimit": counts["beyondLimit"], **stats})
     print(f"replayed {applied} operations from {counts['entries']} entries"

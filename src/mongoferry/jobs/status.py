@@ -75,7 +75,7 @@ def run_status(s: StatusSettings, as_json: bool) -> int:
     return EXIT_OK
 
 
-def run_commit(s: StatusSettings, timeout_s: float = 3600) -> int:
+def run_commit(s: StatusSettings, timeout_s: float = 3600, write_block: bool = True) -> int:
     meta = _meta(s)
     doc = _job(meta)
     if doc["kind"] != "sync":
@@ -83,7 +83,7 @@ def run_commit(s: StatusSettings, timeout_s: float = 3600) -> int:
     if doc["state"] == "committed":
         print("already COMMITTED")
         return EXIT_OK
-    meta.set_extra(commitRequested=True)
+    meta.set_extra(commitRequested=True, commitWriteBlock=write_block)
     print("commit requested; waiting for the sync to drain and verify …")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -13,10 +13,11 @@ import threading
 import time
 from typing import Any
 
+import pymongo
 from bson import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
-from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, InconsistencyError, UsageError
+from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, InconsistencyError
 from mongoferry.core.events import Position
 from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.http.server import HttpServer, parse_bind, sync_app
@@ -27,11 +28,11 @@ from mongoferry.infra.progress import make_reporter
 from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.pipeline.copier import Copier
 from mongoferry.pipeline.copy_window import CopyWindow
-from mongoferry.pipeline.replay import Replayer
+from mongoferry.pipeline.loop import Pipeline
 from mongoferry.sinks.mongo_apply import Applier
 from mongoferry.source import capture as cap
 from mongoferry.state.endpoints import Endpoints, open_endpoints
-from mongoferry.state.status import StatusReporter, SyncStatus
+from mongoferry.state.status import JobStatus, StatusReporter
 
 log = logging.getLogger("mongoferry.sync")
 
@@ -39,25 +40,23 @@ COMMAND_NOT_FOUND = 59
 CAPTURE_SINK = "dst"
 PERSIST_EVERY_S = 1.0
 COUNT_EVERY_S = 5.0
+COUNT_TIMEOUT_S = 3.0
 
 
-def check_capture(client: Client, kind: str, excluded: list[str]) -> None:
-    """Prove the capture can be opened before anything is written."""
-    with driver_errors("opening the change capture on the source"):
-        if kind == "oplog":
-            if client.local["oplog.rs"].find_one({}, projection={"ts": 1}) is None:
-                raise UsageError("--capture oplog needs a replica-set member with an oplog",
-                                 "connect to a replica-set member, or use the default change streams")
-            return
-        try:
-            client.watch([{"$match": {"ns.db": {"$nin": excluded}}}], max_await_time_ms=10).close()
-        except OperationFailure as exc:
-            raise UsageError(f"the source cannot open a change stream: {(exc.details or {}).get('errmsg', exc)}",
-                             "change streams need a replica set or sharded cluster (MongoDB 4.0+)") from None
+def describe_count_difference(rows: list[dict[str, Any]], write_blocked: bool) -> str:
+    """Why a commit was refused, in numbers: which namespaces differ, and by how much."""
+    parts = []
+    for r in rows:
+        delta = r["delta"]
+        what = f"{delta} missing on the destination" if delta > 0 else f"{-delta} more on the destination"
+        parts.append(f"{r['source']}: source {r['sourceCount']}, destination {r['destinationCount']} ({what})")
+    cause = ("" if write_blocked else
+             "; if applications still write to the source, stop them (or let the commit block writes)")
+    return "counts differ after draining: " + "; ".join(parts) + cause
 
 
 class SyncJob:
-    def __init__(self, settings: SyncSettings, ends: Endpoints, status: SyncStatus, stop: threading.Event) -> None:
+    def __init__(self, settings: SyncSettings, ends: Endpoints, status: JobStatus, stop: threading.Event) -> None:
         self.s = settings
         self.ends = ends
         self.status = status
@@ -98,6 +97,11 @@ class SyncJob:
             return cap.ChangeStreamCapture(client, position, excluded)
         return opener
 
+    def pipeline(self, source: Client, sink: Applier, start: Position) -> Pipeline:
+        return Pipeline(self.open_capture(source, self.excluded), [sink], start, self.status, self.stop,
+                        store=self.ends.meta, max_batch=self.s.max_batch,
+                        verify_history=lambda last: cap.verify_history(source, last))
+
     def replay_phase(self) -> int:
         meta = self.ends.meta
         with driver_errors("reading the job's checkpoint"):
@@ -111,9 +115,8 @@ class SyncJob:
             return self.reverse_phase() if self.s.reverse else EXIT_OK
         assert self.copier is not None
         self.window = CopyWindow.load(meta, self.ends.nsmap, job.extra.get("copy_end"), self.copier.copy_namespace)
-        applier = Applier(self.ends.src, self.ends.dst, self.ends.nsmap, window=self.window)
-        replayer = Replayer(self.open_capture(self.ends.src, self.excluded), applier, meta, self.status,
-                            self.stop, start, max_batch=self.s.max_batch)
+        applier = Applier(self.ends.src, self.ends.dst, self.ends.nsmap, name=CAPTURE_SINK, window=self.window)
+        replayer = self.pipeline(self.ends.src, applier, start)
         try:
             while not self.stop.is_set():
                 if self.commit_requested():
@@ -127,6 +130,7 @@ class SyncJob:
                     continue
                 batch = replayer.step()
                 caught_up = batch.idle or (batch.units and self.status.lag < 1.0)
+                self.status.set(events=applier.stats.events.copy())
                 if self.status.state in ("PAUSED", "CATCHING_UP"):
                     self.status.set(state="RUNNING" if caught_up else "CATCHING_UP")
                 self.persist()
@@ -144,17 +148,19 @@ class SyncJob:
             job = self.ends.meta.job_doc()
         except PyMongoError:
             return False
-        if job and job.get("extra", {}).get("commitRequested"):
-            self.status.set(commit_requested=True)
+        extra = (job or {}).get("extra", {})
+        if extra.get("commitRequested"):  # `mongoferry commit` asks through the metadata
+            self.status.set(commit_requested=True, commit_write_block=extra.get("commitWriteBlock", True))
             return True
         return False
 
-    def commit(self, replayer: Replayer) -> bool:
+    def commit(self, replayer: Pipeline) -> bool:
         src = self.ends.src
         self.status.set(state="COMMITTING", paused=False)
         self.persist(force=True)
-        log.info("commit: blocking writes and draining", extra={"writeBlock": not self.s.no_write_block})
-        if not self.s.no_write_block:
+        block = not self.s.no_write_block and self.status.commit_write_block
+        log.info("commit: blocking writes and draining" if block else "commit: draining", extra={"writeBlock": block})
+        if block:
             try:
                 src.admin.command({"setUserWriteBlockMode": 1, "global": True})
                 self.write_blocked = True
@@ -162,16 +168,16 @@ class SyncJob:
                 if exc.code != COMMAND_NOT_FOUND:
                     raise
                 return self.commit_failed("the source cannot block writes (setUserWriteBlockMode needs MongoDB 6.0+): "
-                                          "stop the application writers yourself, then commit with --no-write-block")
+                                          "stop the application writers yourself, then commit without write "
+                                          "blocking: `mongoferry commit --no-write-block` or POST /api/v1/commit "
+                                          "with {\"writeBlock\": false}")
         replayer.drain()
         if self.stop.is_set():
             return False
         rows = self.count_rows(exact=True)
         differing = [r for r in rows if r["delta"]]
         if differing:
-            return self.commit_failed("counts differ after draining: " + ", ".join(
-                f"{r['source']} {r['sourceCount']} vs {r['destinationCount']}" for r in differing)
-                + " (are writers still running? use write blocking or stop them)")
+            return self.commit_failed(describe_count_difference(differing, write_blocked=self.write_blocked))
         if not self.s.no_verify:
             failed = self.verify_final_state()
             if failed:
@@ -211,7 +217,7 @@ class SyncJob:
             self.ends.src.admin.command({"setUserWriteBlockMode": 1, "global": False})
             self.write_blocked = False
         self.ends.meta.set_extra(commitRequested=False)
-        self.status.set(state="RUNNING", commit_requested=False, last_error=f"commit failed: {why}",
+        self.status.set(state="COMMIT_FAILED", commit_requested=False, last_error=f"commit failed: {why}",
                         errors=self.status.errors + 1)
         self.persist(force=True)
         return False
@@ -230,9 +236,8 @@ class SyncJob:
         reverse_map = NamespaceMap(include=tuple(self.mapping.values()),
                                    coll_renames={d: s for s, d in self.mapping.items() if d != s},
                                    meta_db=self.s.meta_db)
-        applier = Applier(self.ends.dst, self.ends.src, reverse_map)
-        replayer = Replayer(self.open_capture(self.ends.dst, self.excluded), applier, meta, self.status,
-                            self.stop, start, checkpoint_id="reverse", max_batch=self.s.max_batch)
+        applier = Applier(self.ends.dst, self.ends.src, reverse_map, name="reverse")
+        replayer = self.pipeline(self.ends.dst, applier, start)
         log.info("reverse replication running: destination → source")
         try:
             while not self.stop.is_set():
@@ -245,24 +250,28 @@ class SyncJob:
     # ------------------------------------------------------------------ status
     def count_rows(self, exact: bool = False) -> list[dict[str, Any]]:
         rows = []
-        for src_ns, dst_ns in sorted(self.mapping.items()):
-            sdb, _, scoll = src_ns.partition(".")
-            ddb, _, dcoll = dst_ns.partition(".")
-            if exact:
-                a = self.ends.src[sdb][scoll].count_documents({})
-                b = self.ends.dst[ddb][dcoll].count_documents({})
-            else:
-                a = self.ends.src[sdb][scoll].estimated_document_count()
-                b = self.ends.dst[ddb][dcoll].estimated_document_count()
-            rows.append({"source": src_ns, "destination": dst_ns, "sourceCount": a, "destinationCount": b,
-                         "delta": a - b})
+        # Informative counts never hold the job up for long (an unreachable server, a slow count).
+        with contextlib.nullcontext() if exact else pymongo.timeout(COUNT_TIMEOUT_S):
+            for src_ns, dst_ns in sorted(self.mapping.items()):
+                rows.append(self._count_row(src_ns, dst_ns, exact))
         return rows
+
+    def _count_row(self, src_ns: str, dst_ns: str, exact: bool) -> dict[str, Any]:
+        sdb, _, scoll = src_ns.partition(".")
+        ddb, _, dcoll = dst_ns.partition(".")
+        if exact:
+            a = self.ends.src[sdb][scoll].count_documents({})
+            b = self.ends.dst[ddb][dcoll].count_documents({})
+        else:
+            a = self.ends.src[sdb][scoll].estimated_document_count()
+            b = self.ends.dst[ddb][dcoll].estimated_document_count()
+        return {"source": src_ns, "destination": dst_ns, "sourceCount": a, "destinationCount": b, "delta": a - b}
 
     def persist(self, force: bool = False) -> None:
         now = time.monotonic()
         if self.window is not None and len(self.window.recopied) != len(self.status.recopied):
             self.status.set(recopied=list(self.window.recopied))
-        if force or now - self._last_count >= COUNT_EVERY_S:
+        if (force or now - self._last_count >= COUNT_EVERY_S) and not self.status.source_unreachable:
             self._last_count = now
             with contextlib.suppress(PyMongoError):  # counts are informative; a blip must not stop the sync
                 self.status.set(namespaces=self.count_rows())
@@ -276,7 +285,7 @@ def run_sync(settings: SyncSettings) -> int:
     fmt = resolve_format(settings.log_format)
     bind = parse_bind(settings.http)
     ends = open_endpoints(settings, "sync")
-    status = SyncStatus()
+    status = JobStatus()
     http: HttpServer | None = None
     try:
         ends.refuse_same_deployment("sync")
@@ -289,7 +298,8 @@ def run_sync(settings: SyncSettings) -> int:
                 with driver_errors("reading the source's cluster time"):
                     capture_start = cap.current_time(ends.src)  # before the listing: no gap after it
                 copier.validate()
-                check_capture(ends.src, settings.capture, job.excluded)
+                with driver_errors("opening the change capture on the source"):
+                    cap.check_capture(ends.src, settings.capture)
                 if bind:
                     http = HttpServer(sync_app(status), *bind).start()
                 log.info("sync resuming" if copier.resumed else "sync starting",

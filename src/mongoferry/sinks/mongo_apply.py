@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,10 +30,11 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import PyMongoError
 
 from mongoferry.core.errors import InconsistencyError
-from mongoferry.core.events import ChangeEvent
+from mongoferry.core.events import Batch, ChangeEvent, Position
 from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.core.simulate import updated_document
 from mongoferry.infra.clients import DECODED, Client
+from mongoferry.sinks.base import SinkStats
 from mongoferry.sinks.mongo import MongoWriter
 
 log = logging.getLogger("mongoferry.apply")
@@ -61,8 +61,7 @@ class DocState:
 
 
 @dataclass
-class ApplyStats:
-    counts: Counter[str] = field(default_factory=Counter)
+class ApplyStats(SinkStats):
     lookups: int = 0
     missing_for_update: int = 0
 
@@ -88,8 +87,11 @@ class CopyWindowHooks(Protocol):
 
 
 class Applier:
-    def __init__(self, src: Client | None, dst: Client, nsmap: NamespaceMap, *,
+    """The MongoDB sink: applies batches of events to one destination, idempotently."""
+
+    def __init__(self, src: Client | None, dst: Client, nsmap: NamespaceMap, *, name: str = "dst",
                  window: CopyWindowHooks | None = None, use_transactions: bool = True) -> None:
+        self.name = name
         self.src = src  # None: no source to read (oplog files); an irreproducible update is an error
         self.dst = dst
         self.nsmap = nsmap
@@ -101,8 +103,18 @@ class Applier:
         self.stats = ApplyStats()
         self._seq = 0
 
+    # ------------------------------------------------------------------ the sink
+    def apply(self, batch: Batch) -> None:
+        self.apply_units(batch.units)
+
+    def applied(self, handed: Position | None) -> Position | None:
+        return handed  # synchronous: everything handed over is written when apply returns
+
+    def close(self) -> None:
+        pass
+
     # ------------------------------------------------------------------ entry point
-    def apply(self, units: list[list[ChangeEvent]]) -> None:
+    def apply_units(self, units: list[list[ChangeEvent]]) -> None:
         """Apply units in order. Consecutive units of the same kind form one group, written together:
         consecutive source transactions share one destination transaction (each stays all-or-nothing),
         other writes go outside transactions (capped collections, for one, refuse them)."""
@@ -124,7 +136,7 @@ class Applier:
                 group = []
             has_txn = is_txn
             if is_txn:
-                self.stats.counts["txn"] += 1
+                self.stats.events["txn"] += 1
             group.extend(crud)
             if len(group) >= MAX_GROUP_EVENTS:
                 self._flush(group, has_txn)
@@ -135,7 +147,7 @@ class Applier:
         if e.op == "noop":
             return False
         if e.from_migrate:
-            self.stats.counts["skipped"] += 1
+            self.stats.events["skipped"] += 1
             return False
         if e.op == "ddl" and e.ns.endswith(".$cmd"):
             return self.nsmap.db_selected(e.db)
@@ -156,7 +168,7 @@ class Applier:
         states: dict[Key, DocState] = {}
         for e in events:
             self._seq += 1
-            self.stats.counts[e.op] += 1
+            self.stats.events[e.op] += 1
             dst_ns = self.nsmap.target(e.ns)
             key = _key(dst_ns, e.doc_id)
             st = states.setdefault(key, DocState(e.ns, dst_ns, e.doc_id))
@@ -305,7 +317,7 @@ class Applier:
             assert self.window is not None
             self.window.recopy(ns, e.position.ts)
             handled = True
-        self.stats.counts["ddl" if handled else "skipped"] += 1
+        self.stats.events["ddl" if handled else "skipped"] += 1
         if not handled and "renameCollection" in ddl:
             log.error("collection renamed into the selection: its documents were never copied; resync it",
                       extra={"from": ddl["renameCollection"], "to": ddl.get("to")})

@@ -1,49 +1,42 @@
-"""Change capture: the only code that opens change streams or tails local.oplog.rs.
+"""Change capture: the only code that opens change streams, tails local.oplog.rs or reads oplog files.
 
-Both captures yield `Batch`es of apply units (a unit is one event, or every
-event of one transaction) in source order, plus the position to checkpoint once
-the batch is applied. History that the source no longer holds is an error,
-never a silent skip.
+The openers (`open_change_stream`, `open_oplog`) are used by every reader of changes (sync's
+captures, publish-redis's readers, the verifier's change readers), so history that the source no
+longer holds is told one way (`HistoryLostError`) everywhere. The captures yield `Batch`es of apply
+units (one event, or every event of one transaction) in source order, plus the position to save
+once the batch is applied. `verify_history` tells, before resuming, whether the source still holds
+the last change a sink applied (after a rollback or a restart that lost writes, it does not).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import bson
-from bson import Timestamp
+from bson import Binary, Timestamp
+from pymongo.change_stream import ChangeStream, ClusterChangeStream
+from pymongo.cursor import Cursor, CursorType
 from pymongo.errors import OperationFailure
 
 from mongoferry.core.errors import HistoryLostError
-from mongoferry.core.events import ChangeEvent, Position, TxnId
-from mongoferry.core.oplog import TransactionAssembler
-from mongoferry.infra.clients import Client
+from mongoferry.core.events import Batch, ChangeEvent, Position, TxnId, Unit
+from mongoferry.core.oplog import TransactionAssembler, entry_to_events
+from mongoferry.infra.clients import DECODED, Client, is_history_lost
 
 log = logging.getLogger("mongoferry.capture")
 
-HISTORY_LOST_CODES = {286, 280, 136}  # ChangeStreamHistoryLost, ChangeStreamFatalError, CappedPositionLost
-Unit = list[ChangeEvent]
 # A batch closes this long after its first event even if more keep coming: under a steady trickle
 # the stream is never idle, and waiting for a full batch would add seconds of lag.
 MAX_BATCH_WAIT_S = 0.2
-
-
-@dataclass
-class Batch:
-    units: list[Unit] = field(default_factory=list)
-    idle: bool = False  # the source had nothing more when this batch ended
-    position: Position | None = None  # checkpoint this once every unit is applied
-
-    @property
-    def events(self) -> int:
-        return sum(len(u) for u in self.units)
+RAW_UPDATES_UNSUPPORTED = (40415,)  # IDLUnknownField: showRawUpdateDescription before MongoDB 6.0
 
 
 class Capture(Protocol):
@@ -62,15 +55,161 @@ def current_time(client: Client) -> Timestamp:
     return ts
 
 
-def history_lost(position: Position, client: Client, detail: str) -> HistoryLostError:
-    behind = max(0, int(time.time()) - position.ts.time)
+def lag_seconds(wall: Any) -> float:
+    if not isinstance(wall, dt.datetime):
+        return 0.0
+    when = wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)
+    return max(0.0, (dt.datetime.now(dt.UTC) - when).total_seconds())
+
+
+def history_lost(ts: Timestamp | None, detail: str) -> HistoryLostError:
+    behind = f"{max(0, int(time.time()) - ts.time)}s behind, " if ts is not None else ""
     return HistoryLostError(
-        f"the source no longer holds the saved position ({behind}s behind, {detail})",
+        f"the source no longer holds the saved position ({behind}{detail})",
         "the oplog rolled over while mongoferry was stopped or too slow; enlarge the oplog and start a new "
-        "sync with --drop-dst (a resync), or drop the metadata database to start over",
+        "sync with --drop-dst (a resync), or drop the job's metadata to start over",
     )
 
 
+# ------------------------------------------------------------------ openers
+def open_change_stream(client: Client, start: Position | None, *, pipeline: list[dict[str, Any]],
+                       expanded: bool = True, raw_updates: bool = False, await_ms: int = 500,
+                       batch_size: int = 1000) -> ChangeStream[Any]:
+    """A deployment-wide change stream (works through mongos) from `start`: after its resume token,
+    else at its time (inclusive); from now without one. `raw_updates` asks for each update's oplog
+    diff (`showRawUpdateDescription`, MongoDB 6.0+; `raw_updates_unsupported` tells the refusal)."""
+    kwargs: dict[str, Any] = {"max_await_time_ms": await_ms, "batch_size": batch_size}
+    if expanded:
+        kwargs["show_expanded_events"] = True
+    if start is not None and start.token is not None:
+        kwargs["start_after"] = start.token
+    elif start is not None:
+        kwargs["start_at_operation_time"] = start.ts
+    try:
+        if raw_updates:
+            return _watch_with_raw_updates(client, pipeline, kwargs)
+        return client.watch(pipeline, **kwargs)
+    except OperationFailure as exc:
+        if is_history_lost(exc):
+            raise history_lost(start.ts if start else None, f"code {exc.code}") from None
+        raise
+
+
+def raw_updates_unsupported(exc: OperationFailure) -> bool:
+    return exc.code in RAW_UPDATES_UNSUPPORTED
+
+
+def _watch_with_raw_updates(client: Client, pipeline: list[dict[str, Any]],
+                            kwargs: dict[str, Any]) -> ChangeStream[Any]:
+    """`client.watch` with `showRawUpdateDescription`: PyMongo has no parameter for it, so this adds
+    it to the `$changeStream` stage, the one thing `ClusterChangeStream` builds."""
+
+    class RawUpdateChangeStream(ClusterChangeStream[Any]):
+        def _change_stream_options(self) -> dict[str, Any]:
+            options = super()._change_stream_options()
+            options["showRawUpdateDescription"] = True
+            return options
+
+    stream = RawUpdateChangeStream(
+        client.admin, pipeline, None, None, kwargs.get("max_await_time_ms"), kwargs.get("batch_size"), None,
+        kwargs.get("start_at_operation_time"), None, kwargs.get("start_after"), None, None,
+        show_expanded_events=kwargs.get("show_expanded_events"))
+    stream._initialize_cursor()
+    return stream
+
+
+def next_change(stream: ChangeStream[Any], since: Timestamp | None) -> Any:
+    """The stream's next change or None (nothing yet); lost history as HistoryLostError."""
+    try:
+        return stream.try_next()
+    except OperationFailure as exc:
+        if is_history_lost(exc):
+            raise history_lost(since, f"code {exc.code}") from None
+        raise
+
+
+def open_oplog(client: Client, after: Timestamp | None, *, inclusive: bool = False,
+               await_ms: int = 500) -> Cursor[Any]:
+    """A tailable cursor on local.oplog.rs from after `after` (at it, with `inclusive`), or from the
+    newest entry on without one. History lost when the oldest entry is younger than `after`."""
+    oplog = client.local["oplog.rs"]
+    if after is None:
+        newest = oplog.find_one({}, sort=[("$natural", -1)], projection={"ts": 1})
+        query: dict[str, Any] = {"ts": {"$gt": newest["ts"]}} if newest else {}
+    else:
+        oldest = oplog.find_one({}, sort=[("$natural", 1)], projection={"ts": 1})
+        if oldest is None or oldest["ts"] > after:
+            raise history_lost(after, f"oldest oplog entry is {oldest['ts'] if oldest else 'missing'}")
+        query = {"ts": {"$gte" if inclusive else "$gt": after}}
+    return oplog.find(query, cursor_type=CursorType.TAILABLE_AWAIT, oplog_replay=False).max_await_time_ms(await_ms)
+
+
+def next_entry(cursor: Cursor[Any], since: Timestamp | None) -> Any:
+    """The cursor's next entry or None (nothing yet); lost history as HistoryLostError."""
+    try:
+        return next(cursor)  # a tailable cursor stops iterating when it has nothing yet
+    except StopIteration:
+        return None
+    except OperationFailure as exc:
+        if is_history_lost(exc):
+            raise history_lost(since, f"code {exc.code}") from None
+        raise
+
+
+# ------------------------------------------------------------------ continuity after a restart
+def fingerprint(event: ChangeEvent) -> dict[str, Any]:
+    """What identifies the last change a sink applied, to find it again in the source's oplog."""
+    out: dict[str, Any] = {"ts": event.position.ts, "ns": event.ns, "op": event.op}
+    if event.has_id:
+        out["id"] = Binary(bson.encode({"_id": event.doc_id}))
+    return out
+
+
+def verify_history(client: Client, last: Mapping[str, Any] | None) -> None:
+    """Refuse to resume past a change the source no longer holds.
+
+    After a failover with w:1 writes (a rollback), or a restart of a server that lost unflushed
+    writes, the last change the destination applied may be gone from the source, and new writes may
+    take its place in time: resuming would skip them and keep what the source lost. The oplog then
+    holds no entry at that change's time, or only other documents' entries. Where the oplog cannot
+    be read (mongos, no privilege) this is left to the server's own resume check."""
+    if not last or not isinstance(last.get("ts"), Timestamp):
+        return
+    ts: Timestamp = last["ts"]
+    oplog = client.local.get_collection("oplog.rs", codec_options=DECODED)
+    try:
+        oldest = oplog.find_one({}, sort=[("$natural", 1)], projection={"ts": 1})
+        entries = list(oplog.find({"ts": ts})) if oldest is not None else []
+    except OperationFailure:
+        return
+    if oldest is None or oldest["ts"] > ts:
+        return  # rolled over: the opener reports lost history with the details
+    if entries and not _names_other_documents(entries, last):
+        return
+    raise HistoryLostError(
+        f"the source no longer holds the last change already applied ({last.get('op')} on {last.get('ns')} at "
+        f"{ts.time}:{ts.inc}): it lost writes the destination holds (a rollback after a failover, or a "
+        "restart that lost unflushed writes)",
+        "the destination is ahead of the source: compare them with `mongoferry verify --check-only`, then "
+        "start a new sync with --drop-dst (a resync); mongoferry will not resume past lost history")
+
+
+def _names_other_documents(entries: list[dict[str, Any]], last: Mapping[str, Any]) -> bool:
+    """True when every entry at the time is a plain write of another document than `last`."""
+    if "id" not in last or any(e.get("op") not in ("i", "u", "d") for e in entries):
+        return False  # transactions and commands: their time is proof enough
+    for entry in entries:
+        try:
+            events = entry_to_events(entry)
+        except Exception:
+            return False
+        for e in events:
+            if e.ns == last.get("ns") and e.has_id and bson.encode({"_id": e.doc_id}) == bytes(last["id"]):
+                return False
+    return True
+
+
+# ------------------------------------------------------------------ prefetching
 class Prefetching:
     """Reads the next batch in a thread while the caller applies the current one."""
 
@@ -90,6 +229,8 @@ class Prefetching:
                 self._put(exc)
                 return
             self._put(batch)
+            if batch.exhausted:
+                return
 
     def _put(self, item: Batch | BaseException) -> None:
         while not self.stop.is_set():
@@ -99,23 +240,28 @@ class Prefetching:
             except queue.Full:
                 continue
 
-    def next_batch(self, max_events: int) -> Batch:
-        item = self.queue.get()
+    def next_batch(self, max_events: int, timeout: float | None = None) -> Batch:
+        """The next batch; an empty idle one when none came within `timeout` (the source is slow)."""
+        try:
+            item = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return Batch(idle=False)
         if isinstance(item, BaseException):
             raise item
         return item
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 3.0) -> None:
+        """Stop reading. A read blocked on an unreachable server is left to its daemon thread after
+        `wait_s`: a shutdown never waits for a server selection timeout."""
         self.stop.set()
-        self.thread.join(timeout=10)
-        self.inner.close()
+        self.thread.join(timeout=wait_s)
+        if not self.thread.is_alive():
+            self.inner.close()
+        else:
+            threading.Thread(target=self.inner.close, daemon=True).start()
 
 
 # ------------------------------------------------------------------ change streams
-DDL_TYPES = {"create", "drop", "rename", "dropDatabase", "createIndexes", "dropIndexes", "modify"}
-IGNORED_DDL = {"shardCollection", "reshardCollection", "refineCollectionShardKey", "invalidate"}
-
-
 def change_event_to_event(change: Mapping[str, Any]) -> ChangeEvent:
     """One change stream event as the internal event (DDL in oplog command form)."""
     op = change["operationType"]
@@ -167,19 +313,8 @@ class ChangeStreamCapture:
     def __init__(self, client: Client, start: Position, excluded_dbs: list[str], await_ms: int = 500) -> None:
         self.client = client
         self.start = start
-        pipeline = [{"$match": {"ns.db": {"$nin": excluded_dbs}}}]
-        kwargs: dict[str, Any] = {"show_expanded_events": True, "max_await_time_ms": await_ms,
-                                  "batch_size": 1000}
-        if start.token is not None:
-            kwargs["start_after"] = start.token
-        else:
-            kwargs["start_at_operation_time"] = start.ts
-        try:
-            self.stream = client.watch(pipeline, **kwargs)
-        except OperationFailure as exc:
-            if exc.code in HISTORY_LOST_CODES:
-                raise history_lost(start, client, f"code {exc.code}") from None
-            raise
+        self.stream = open_change_stream(client, start, pipeline=[{"$match": {"ns.db": {"$nin": excluded_dbs}}}],
+                                         await_ms=await_ms)
         self._carry: dict[str, Any] | None = None
         self.last_ts = start.ts
 
@@ -187,12 +322,8 @@ class ChangeStreamCapture:
         if self._carry is not None:
             change, self._carry = self._carry, None
             return change
-        try:
-            return self.stream.try_next()
-        except OperationFailure as exc:
-            if exc.code in HISTORY_LOST_CODES:
-                raise history_lost(Position(self.last_ts), self.client, f"code {exc.code}") from None
-            raise
+        following: dict[str, Any] | None = next_change(self.stream, self.last_ts)
+        return following
 
     def next_batch(self, max_events: int) -> Batch:
         batch = Batch()
@@ -220,12 +351,12 @@ class ChangeStreamCapture:
                     break
         if unit:  # a transaction ends when the stream has nothing more or another event follows
             batch.units.append(unit)
+        token = self.stream.resume_token
         if batch.units:
             last = batch.units[-1][-1].position
-            token = self.stream.resume_token
             batch.position = last if not batch.idle or token is None else Position(last.ts, last.index, dict(token))
-        elif batch.idle and self.stream.resume_token is not None:
-            batch.position = Position(self.last_ts, 0, dict(self.stream.resume_token))
+        elif batch.idle and token is not None:
+            batch.position = Position(self.last_ts, 0, dict(token))
         return batch
 
     def close(self) -> None:
@@ -233,20 +364,23 @@ class ChangeStreamCapture:
 
 
 # ------------------------------------------------------------------ oplog tailing
+def _oplog_batch_position(assembler: TransactionAssembler, last_ts: Timestamp) -> Timestamp:
+    """Never checkpoint past a transaction still being assembled."""
+    pending = assembler.oldest_pending_ts
+    if pending is None:
+        return last_ts
+    return Timestamp(pending.time, pending.inc - 1) if pending.inc else Timestamp(pending.time - 1, 0)
+
+
 class OplogCapture:
-    """Tails local.oplog.rs of a replica-set member: exact oplog entries, in order."""
+    """Tails local.oplog.rs of a replica-set member: exact oplog entries, in order (kept on the batch)."""
 
     def __init__(self, client: Client, start: Position, await_ms: int = 500) -> None:
         self.client = client
         self.start = start
         self.await_ms = await_ms
         self.assembler = TransactionAssembler()
-        oplog = client.local["oplog.rs"]
-        first = oplog.find_one({}, sort=[("$natural", 1)], projection={"ts": 1})
-        if first is None or first["ts"] > start.ts:
-            raise history_lost(start, client, f"oldest oplog entry is {first['ts'] if first else 'missing'}")
-        self.cursor = oplog.find({"ts": {"$gt": start.ts}}, cursor_type=_tailable_await(),
-                                 oplog_replay=False).max_await_time_ms(await_ms)
+        self.cursor = open_oplog(client, start.ts, await_ms=await_ms)
         self.last_ts = start.ts
 
     def next_batch(self, max_events: int) -> Batch:
@@ -254,28 +388,17 @@ class OplogCapture:
         deadline = time.monotonic() + MAX_BATCH_WAIT_S
         while batch.events < max_events and (not batch.units or time.monotonic() < deadline):
             if not self.cursor.alive:
-                self.cursor = self.client.local["oplog.rs"].find(
-                    {"ts": {"$gt": self.last_ts}}, cursor_type=_tailable_await()).max_await_time_ms(self.await_ms)
-            try:
-                entry = next(self.cursor)  # a tailable cursor stops iterating when it has nothing yet
-            except StopIteration:
-                entry = None
-            except OperationFailure as exc:
-                if exc.code in HISTORY_LOST_CODES:
-                    raise history_lost(Position(self.last_ts), self.client, f"code {exc.code}") from None
-                raise
+                self.cursor = open_oplog(self.client, self.last_ts, await_ms=self.await_ms)
+            entry = next_entry(self.cursor, self.last_ts)
             if entry is None:
                 batch.idle = True
                 batch.units.extend(self.assembler.flush())
                 break
             self.last_ts = entry["ts"]
+            batch.entries.append(entry)
             batch.units.extend(self.assembler.feed(entry))
         if batch.units or batch.idle:
-            safe = self.last_ts
-            pending = self.assembler.oldest_pending_ts
-            if pending is not None:
-                # Never checkpoint past a transaction still being assembled.
-                safe = Timestamp(pending.time, pending.inc - 1) if pending.inc else Timestamp(pending.time - 1, 0)
+            safe = _oplog_batch_position(self.assembler, self.last_ts)
             batch.position = Position(safe) if safe > self.start.ts or batch.units else None
         return batch
 
@@ -283,16 +406,71 @@ class OplogCapture:
         self.cursor.close()
 
 
-def _tailable_await() -> Any:
-    from pymongo.cursor import CursorType
-
-    return CursorType.TAILABLE_AWAIT
-
-
-def lag_seconds(wall: Any) -> float:
-    if not isinstance(wall, dt.datetime):
-        return 0.0
-    when = wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)
-    return max(0.0, (dt.datetime.now(dt.UTC) - when).total_seconds())
+# ------------------------------------------------------------------ oplog files
+def read_oplog_file(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as f:
+        yield from bson.decode_file_iter(f, DECODED)
 
 
+def _ts_key(entry: dict[str, Any]) -> tuple[int, int]:
+    ts = entry.get("ts")
+    return (ts.time, ts.inc) if isinstance(ts, Timestamp) else (-1, -1)
+
+
+class OplogFileCapture:
+    """BSON files of oplog entries (mongodump's oplog.bson, dumps of local.oplog.rs) merged in ts
+    order, up to `limit` (exclusive, as mongorestore's --oplogLimit): a finite source."""
+
+    def __init__(self, paths: list[Path], start: Position | None = None, limit: Timestamp | None = None) -> None:
+        self.entries = heapq.merge(*(read_oplog_file(p) for p in paths), key=_ts_key)
+        self.after = start.ts if start is not None and start.ts != Timestamp(0, 0) else None
+        self.limit = limit
+        self.assembler = TransactionAssembler()
+        self.stopped_at_limit = 0
+        self.events_read = 0
+        self.last_ts = Timestamp(0, 0)
+
+    def next_batch(self, max_events: int) -> Batch:
+        batch = Batch()
+        for entry in self.entries:
+            if self.after is not None and entry["ts"] <= self.after:
+                continue
+            if self.limit is not None and entry["ts"] >= self.limit:
+                self.stopped_at_limit += 1
+                continue  # counted: every later entry is past the limit too
+            self.last_ts = entry["ts"]
+            batch.entries.append(entry)
+            units = self.assembler.feed(entry)
+            self.events_read += sum(len(u) for u in units)
+            batch.units.extend(units)
+            if batch.events >= max_events:
+                batch.position = Position(_oplog_batch_position(self.assembler, self.last_ts))
+                return batch
+        rest = self.assembler.flush()
+        self.events_read += sum(len(u) for u in rest)
+        batch.units.extend(rest)
+        batch.idle = batch.exhausted = True
+        batch.position = Position(self.last_ts) if self.last_ts != Timestamp(0, 0) else None
+        return batch
+
+    def unfinished_transaction(self) -> bool:
+        return self.assembler.pending()
+
+    def close(self) -> None:
+        pass
+
+
+def check_capture(client: Client, kind: str, what: str = "the source") -> None:
+    """Prove the capture can be opened before anything is written (UsageError otherwise)."""
+    from mongoferry.core.errors import UsageError
+
+    if kind == "oplog":
+        if client.local["oplog.rs"].find_one({}, projection={"ts": 1}) is None:
+            raise UsageError("--capture oplog needs a replica-set member with an oplog",
+                             "connect to a replica-set member, or use the default change streams")
+        return
+    try:
+        open_change_stream(client, None, pipeline=[], expanded=False, await_ms=10).close()
+    except OperationFailure as exc:
+        raise UsageError(f"{what} cannot open a change stream: {(exc.details or {}).get('errmsg', exc)}",
+                         "change streams need a replica set or a sharded cluster (MongoDB 4.0+)") from None

@@ -14,11 +14,14 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from mongoferry.infra.progress import Reporter
 
-STATES = ("COPYING", "CATCHING_UP", "RUNNING", "PAUSED", "COMMITTING", "COMMITTED")
+STATES = ("COPYING", "CATCHING_UP", "RUNNING", "PAUSED", "COMMITTING", "COMMIT_FAILED", "COMMITTED",
+          "SOURCE_UNREACHABLE")
 EVENT_TYPES = ("insert", "update", "replace", "delete", "ddl", "txn", "skipped")
 
 
-class SyncStatus:
+class JobStatus:
+    """The one status model of a running job: HTTP, Prometheus and `mongoferry status` read it."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.state = "COPYING"
@@ -31,7 +34,10 @@ class SyncStatus:
         self.last_error: str | None = None
         self.paused = False
         self.recopied: list[str] = []  # namespaces copied again because DDL changed them during the copy
+        self.source_unreachable = False
+        self.sinks: dict[str, dict[str, Any]] = {}  # per-sink counters (sinks.base.SinkStats)
         self.commit_requested = False
+        self.commit_write_block = True  # the commit request's choice (POST {"writeBlock": false})
         self.started = time.time()
 
     def set(self, **fields: Any) -> None:
@@ -40,18 +46,24 @@ class SyncStatus:
                 setattr(self, k, v)
 
     def can_commit(self) -> bool:
-        return self.copy_done and self.lag < 1.0 and self.state in ("RUNNING", "CATCHING_UP")
+        return (self.copy_done and self.lag < 1.0 and not self.source_unreachable
+                and self.state in ("RUNNING", "CATCHING_UP"))
+
+    def shown_state(self) -> str:
+        return "SOURCE_UNREACHABLE" if self.source_unreachable and self.state != "COMMITTED" else self.state
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "state": self.state,
+                "state": self.shown_state(),
                 "canCommit": self.can_commit(),
                 "lagTimeSeconds": round(self.lag, 3),
                 "copy": dict(self.copy),
                 "events": {t: int(self.events.get(t, 0)) for t in EVENT_TYPES},
                 "namespaces": [dict(n) for n in self.namespaces],
                 "recopied": list(self.recopied),
+                "sourceUnreachable": self.source_unreachable,
+                "sinks": {name: dict(s) for name, s in self.sinks.items()},
                 "errors": self.errors,
                 "lastError": self.last_error,
                 "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -61,7 +73,7 @@ class SyncStatus:
 class StatusReporter:
     """Copy progress into the status (and on to the user's reporter)."""
 
-    def __init__(self, inner: Reporter, status: SyncStatus) -> None:
+    def __init__(self, inner: Reporter, status: JobStatus) -> None:
         self.inner = inner
         self.status = status
 
@@ -91,7 +103,7 @@ class StatusReporter:
 class StatusCollector(Collector):
     """Prometheus metrics read from the status snapshot at scrape time."""
 
-    def __init__(self, status: SyncStatus) -> None:
+    def __init__(self, status: JobStatus) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Any]:
@@ -118,6 +130,19 @@ class StatusCollector(Collector):
         errors = CounterMetricFamily("mongoferry_errors", "Errors met (retried or fatal)")
         errors.add_metric([], snap["errors"])
         yield errors
+        sink_events = CounterMetricFamily("mongoferry_sink_events", "Change events applied, by sink", labels=["sink"])
+        sink_lag = GaugeMetricFamily("mongoferry_sink_lag_seconds", "Lag of each sink", labels=["sink"])
+        sink_errors = CounterMetricFamily("mongoferry_sink_errors", "Errors met by each sink", labels=["sink"])
+        for name, s in snap["sinks"].items():
+            sink_events.add_metric([name], s["events"])
+            sink_lag.add_metric([name], s["lagSeconds"])
+            sink_errors.add_metric([name], s["errors"])
+        yield sink_events
+        yield sink_lag
+        yield sink_errors
+        up = GaugeMetricFamily("mongoferry_source_reachable", "1 while the source answers, 0 while it does not")
+        up.add_metric([], 0.0 if snap["sourceUnreachable"] else 1.0)
+        yield up
         delta = GaugeMetricFamily("mongoferry_namespace_delta", "Source count minus destination count",
                                   labels=["source", "destination"])
         for n in snap["namespaces"]:
@@ -125,7 +150,7 @@ class StatusCollector(Collector):
         yield delta
 
 
-def make_registry(status: SyncStatus) -> CollectorRegistry:
+def make_registry(status: JobStatus) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(StatusCollector(status))
     return registry

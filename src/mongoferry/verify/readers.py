@@ -17,10 +17,12 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
+from mongoferry.core.errors import HistoryLostError
+from mongoferry.core.events import Position
 from mongoferry.core.model import utc_now
 from mongoferry.infra.clients import Client, connect
 from mongoferry.infra.config import VerifySettings
-from mongoferry.source.capture import HISTORY_LOST_CODES, current_time
+from mongoferry.source.capture import current_time, next_change, open_change_stream
 from mongoferry.verify.compare import id_key_from_raw_document
 
 log = logging.getLogger("mongoferry.verify")
@@ -106,15 +108,15 @@ class ChangeReader:
                                   self.verifier.s.connect_timeout, document_class=RawBSONDocument)
         return self.client
 
-    def _watch(self, **kwargs: Any) -> Any:
+    def _watch(self, start: Position) -> Any:
         excluded = ["admin", "config", "local", self.verifier.s.meta_db]
-        return self._connect().watch([{"$match": {"ns.db": {"$nin": excluded}}}], max_await_time_ms=250,
-                                     batch_size=READER_BATCH, show_expanded_events=True, **kwargs)
+        return open_change_stream(self._connect(), start, pipeline=[{"$match": {"ns.db": {"$nin": excluded}}}],
+                                  await_ms=250, batch_size=READER_BATCH)
 
     def open_fresh(self) -> None:
         """Open at the current time and save the position at once (before any comparison)."""
         start = current_time(self._connect())
-        self.stream = self._watch(start_at_operation_time=start)
+        self.stream = self._watch(Position(start))
         token = self.stream.resume_token
         self.verifier.states.replace_one({"_id": self.doc_id}, {
             "_id": self.doc_id, "ts": start, "token": dict(token) if token is not None else None,
@@ -129,15 +131,10 @@ class ChangeReader:
         self.counts.update(saved.get("counts") or {})
         self.last_ts = saved.get("ts")
         try:
-            if saved.get("token"):
-                self.stream = self._watch(start_after=saved["token"])
-            else:
-                self.stream = self._watch(start_at_operation_time=saved["ts"])
-        except OperationFailure as exc:
-            if exc.code in HISTORY_LOST_CODES:
-                raise RuntimeError(f"the {self.side} no longer holds the saved change stream position; "
-                                   "start a new check (POST /api/v1/check after --clean)") from None
-            raise
+            self.stream = self._watch(Position(saved["ts"], token=saved.get("token") or None))
+        except HistoryLostError:
+            raise RuntimeError(f"the {self.side} no longer holds the saved change stream position; "
+                               "start a new check (POST /api/v1/check after --clean)") from None
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name=f"verify-reader-{self.side}", daemon=True)
@@ -174,7 +171,7 @@ class ChangeReader:
         while not self.stopping.is_set():
             target = self.verifier.writes_off_target(self.side)
             poll_started = time.time()
-            event = self.stream.try_next()
+            event = next_change(self.stream, self.last_ts)
             if event is None:
                 self.lag_s = 0.0  # an empty read: caught up with the server
                 if target is not None and self._passed_on_empty_read(target[0], poll_started >= target[1]):

@@ -298,6 +298,8 @@ class RedisPublisher:
         self._finish = threading.Event()
         self._abort = threading.Event()
         self._pending: tuple[Timestamp, str | None] | None = None
+        # The last publication Redis accepted: (ts, transaction index, resume token), for the pipeline.
+        self.accepted: tuple[Timestamp, int, str | None] | None = None
         self._flushed: tuple[Timestamp, str | None] | None = None
         self._last_flush = time.monotonic()
         self._failing_since: float | None = None
@@ -412,6 +414,7 @@ class RedisPublisher:
         self.metrics.last_event_staleness.set(max(0.0, now - batch[-1].written_at))
         last = batch[-1]
         self._pending = (last.publication.ts, last.resume_token)
+        self.accepted = (last.publication.ts, last.publication.tx_index, last.resume_token)
 
     def _log_failure(self, exc: RedisError, now: float) -> None:
         if self._failing_since is None:

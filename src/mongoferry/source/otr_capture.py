@@ -11,11 +11,23 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from bson.timestamp import Timestamp
+from pymongo.errors import OperationFailure
+
+from mongoferry.core.events import Batch, ChangeEvent, Position
+from mongoferry.source.capture import (
+    MAX_BATCH_WAIT_S,
+    next_change,
+    next_entry,
+    open_change_stream,
+    open_oplog,
+    raw_updates_unsupported,
+)
 
 if TYPE_CHECKING:
     from pymongo.change_stream import ChangeStream
@@ -27,15 +39,15 @@ log = logging.getLogger("mongoferry.publish_redis")
 
 __all__ = [
     "ChangeStreamReader",
-    "HistoryLost",
     "OplogReader",
+    "OtrCapture",
     "StartPoint",
     "TxIndexer",
 ]
 
 PUBLISHED_TYPES: Final = ("insert", "update", "replace", "delete")
 AWAIT_MS: Final = 500
-UNKNOWN_FIELD_CODES: Final = (40415,)  # IDLUnknownField: showRawUpdateDescription before MongoDB 6.0
+INVALID_TOKEN_CODES: Final = (9, 260)  # FailedToParse, InvalidResumeToken
 
 # --------------------------------------------------------------------------- transaction index
 
@@ -117,33 +129,6 @@ class StartPoint:
         return f"at {self.ts.time}:{self.ts.inc}" if self.ts is not None else "at the end"
 
 
-class HistoryLost(Exception):
-    """The source no longer holds the start position."""
-
-
-def _watch_with_raw_updates(client: Client, pipeline: list[dict[str, Any]],
-                            kwargs: dict[str, Any]) -> ChangeStream[Any]:
-    """``client.watch(pipeline, **kwargs)`` that also asks for ``showRawUpdateDescription``.
-
-    MongoDB 6.0+ then sends each update's oplog diff (``rawUpdateDescription``), from which
-    the changed fields are exactly OTR's, in OTR's order. PyMongo has no parameter for it, so
-    this adds it to the ``$changeStream`` stage, the one thing ``ClusterChangeStream`` builds.
-    """
-    from pymongo.change_stream import ClusterChangeStream
-
-    class RawUpdateChangeStream(ClusterChangeStream[Any]):
-        def _change_stream_options(self) -> dict[str, Any]:
-            options = super()._change_stream_options()
-            options["showRawUpdateDescription"] = True
-            return options
-
-    stream = RawUpdateChangeStream(
-        client.admin, pipeline, None, None, kwargs.get("max_await_time_ms"), None, None,
-        kwargs.get("start_at_operation_time"), None, kwargs.get("start_after"), None, None,
-        show_expanded_events=kwargs.get("show_expanded_events"))
-    stream._initialize_cursor()
-    return stream
-
 
 class ChangeStreamReader:
     """A deployment-wide change stream (works through mongos)."""
@@ -158,45 +143,30 @@ class ChangeStreamReader:
     def open(self, start: StartPoint) -> None:
         from pymongo.errors import OperationFailure
 
-        from mongoferry.source.capture import HISTORY_LOST_CODES
-
-        kwargs: dict[str, Any] = {"show_expanded_events": True, "max_await_time_ms": AWAIT_MS}
+        position = None
         if start.token is not None:
-            kwargs["start_after"] = start.token
+            position = Position(start.ts or Timestamp(0, 0), token=dict(start.token))
         elif start.ts is not None:
-            kwargs["start_at_operation_time"] = start.ts
+            position = Position(start.ts)
             self.indexer.reset()  # the whole transaction at ts is read again, from its first event
         pipeline = [{"$match": {"operationType": {"$in": list(PUBLISHED_TYPES)}}}]
-        try:
-            if self.raw_updates is not False:
-                try:
-                    self.stream = _watch_with_raw_updates(self.client, pipeline, kwargs)
-                    self.raw_updates = True
-                    return
-                except OperationFailure as exc:
-                    if exc.code not in UNKNOWN_FIELD_CODES and "showRawUpdateDescription" not in str(exc):
-                        raise
-                    log.info("MongoDB has no raw update descriptions (6.0+): changed fields come from "
-                             "updateDescription")
-                    self.raw_updates = False
-            self.stream = self.client.watch(pipeline, **kwargs)
-        except OperationFailure as exc:
-            if exc.code in HISTORY_LOST_CODES:
-                raise HistoryLost(f"code {exc.code}") from None
-            raise
+        if self.raw_updates is not False:
+            try:
+                self.stream = open_change_stream(self.client, position, pipeline=pipeline, raw_updates=True,
+                                                 await_ms=AWAIT_MS)
+                self.raw_updates = True
+                return
+            except OperationFailure as exc:
+                if not raw_updates_unsupported(exc):
+                    raise
+                log.info("MongoDB has no raw update descriptions (6.0+): changed fields come from "
+                         "updateDescription")
+                self.raw_updates = False
+        self.stream = open_change_stream(self.client, position, pipeline=pipeline, await_ms=AWAIT_MS)
 
     def next(self) -> Mapping[str, Any] | None:
-        from pymongo.errors import OperationFailure
-
-        from mongoferry.source.capture import HISTORY_LOST_CODES
-
         assert self.stream is not None
-        try:
-            change = _decoded(self.stream.try_next())
-        except OperationFailure as exc:
-            if exc.code in HISTORY_LOST_CODES:
-                raise HistoryLost(f"code {exc.code}") from None
-            raise
+        change = _decoded(next_change(self.stream, self.last_ts))
         if change is not None and isinstance(change.get("clusterTime"), Timestamp):
             self.last_ts = change["clusterTime"]
         return change
@@ -225,46 +195,26 @@ class OplogReader:
         self._skip = 0  # entries at _group_ts to pass over after reopening (already handled)
 
     def open(self, start: StartPoint) -> None:
-        from pymongo.cursor import CursorType
-
-        oplog = self.client.local["oplog.rs"]
         self._skip = 0
         if start.continuing:
             # After an error: continue exactly after the last entry handled.
-            op = "$gte" if self._group_seen else "$gt"
             self._skip = self._group_seen
-            query: dict[str, Any] = {"ts": {op: start.ts}} if start.ts is not None else {}
-        elif start.ts is None:
-            newest = oplog.find_one({}, sort=[("$natural", -1)], projection={"ts": 1})
-            self.last_ts = newest["ts"] if newest else None
-            self._group_ts, self._group_next, self._group_seen = None, 0, 0
-            query = {"ts": {"$gt": self.last_ts}} if self.last_ts is not None else {}
-        else:
-            oldest = oplog.find_one({}, sort=[("$natural", 1)], projection={"ts": 1})
-            if oldest is None or oldest["ts"] > start.ts:
-                raise HistoryLost(f"the oldest oplog entry is {oldest['ts'] if oldest else 'missing'}")
-            self.last_ts = start.ts
-            self._group_ts, self._group_next, self._group_seen = None, 0, 0
-            query = {"ts": {"$gte": start.ts}}  # a transaction split by a batch is read again whole
-        self.cursor = oplog.find(query, cursor_type=CursorType.TAILABLE_AWAIT).max_await_time_ms(AWAIT_MS)
+            self.cursor = open_oplog(self.client, start.ts, inclusive=bool(self._group_seen), await_ms=AWAIT_MS) \
+                if start.ts is not None else open_oplog(self.client, None, await_ms=AWAIT_MS)
+            return
+        self._group_ts, self._group_next, self._group_seen = None, 0, 0
+        self.last_ts = start.ts
+        # At ts, inclusive: a transaction split by a batch is read again whole.
+        self.cursor = open_oplog(self.client, start.ts, inclusive=True, await_ms=AWAIT_MS)
 
     def next(self) -> Mapping[str, Any] | None:
-        from pymongo.errors import OperationFailure
-
-        from mongoferry.source.capture import HISTORY_LOST_CODES
-
         while True:
             if self.cursor is None or not self.cursor.alive:
                 self.open(StartPoint(ts=self.last_ts, continuing=True))
             assert self.cursor is not None
-            try:
-                entry = next(self.cursor)
-            except StopIteration:
+            entry = next_entry(self.cursor, self.last_ts)
+            if entry is None:
                 return None
-            except OperationFailure as exc:
-                if exc.code in HISTORY_LOST_CODES:
-                    raise HistoryLost(f"code {exc.code}") from None
-                raise
             decoded = _decoded(entry)
             assert decoded is not None
             ts = decoded.get("ts")
@@ -294,3 +244,53 @@ class OplogReader:
         if self.cursor is not None:
             self.cursor.close()
             self.cursor = None
+
+
+class OtrCapture:
+    """publish-redis's capture, as OTR reads: each document read is one event of op "raw" (the
+    decoded change event or oplog entry), its position's index OTR's transaction index. A position
+    inside a transaction (index > 0) or without a token resumes at its time, inclusive, so the
+    transaction's indexes are counted again from its first event; the dedupe keys absorb the rest."""
+
+    def __init__(self, client: Client, capture: Literal["change-stream", "oplog"], start: Position) -> None:
+        self.reader: ChangeStreamReader | OplogReader = (
+            OplogReader(client) if capture == "oplog" else ChangeStreamReader(client))
+        token = start.token if start.index == 0 else None
+        try:
+            self.reader.open(StartPoint(ts=start.ts, token=token))
+        except OperationFailure as exc:
+            if token is None or exc.code not in INVALID_TOKEN_CODES:
+                raise
+            log.warning("cannot resume after the stored token (%s); resuming from its timestamp",
+                        (exc.details or {}).get("errmsg", exc.code))
+            self.reader.close()
+            self.reader.open(StartPoint(ts=start.ts))
+
+    def next_batch(self, max_events: int) -> Batch:
+        batch = Batch()
+        deadline = time.monotonic() + MAX_BATCH_WAIT_S
+        while batch.events < max_events and time.monotonic() < deadline:
+            doc = self.reader.next()
+            if doc is None:
+                batch.idle = True
+                break
+            batch.units.append([self._event(doc)])
+        if batch.units:
+            batch.position = batch.units[-1][-1].position
+        return batch
+
+    def _event(self, doc: Mapping[str, Any]) -> ChangeEvent:
+        if isinstance(self.reader, ChangeStreamReader):
+            index = self.reader.indexer.index(doc)
+            ts, wall = doc.get("clusterTime"), doc.get("wallTime")
+            token = dict(doc["_id"]) if "lsid" not in doc and isinstance(doc.get("_id"), Mapping) else None
+            ns_doc = doc.get("ns") or {}
+            ns = f"{ns_doc.get('db')}.{ns_doc.get('coll')}"
+        else:
+            index = self.reader.tx_offset(doc)
+            ts, wall, token, ns = doc.get("ts"), doc.get("wall"), None, str(doc.get("ns", ""))
+        position = Position(ts if isinstance(ts, Timestamp) else Timestamp(0, 0), index, token)
+        return ChangeEvent(op="raw", ns=ns, position=position, wall=wall, raw=doc)
+
+    def close(self) -> None:
+        self.reader.close()
