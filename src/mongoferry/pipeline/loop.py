@@ -59,6 +59,7 @@ class Pipeline:
     _last_batch_at: float = field(default_factory=time.monotonic)
     _last_warning: float = 0.0
     _last_event_wall: Any = None
+    _lag_at_last_batch: float = 0.0
 
     def __post_init__(self) -> None:
         for sink in self.sinks:
@@ -126,12 +127,14 @@ class Pipeline:
         return fingerprint(batch.last_event) if batch.last_event is not None else self.last_event
 
     def _event_wall(self, batch: Batch) -> Any:
-        if batch.last_event is not None:
-            self._last_event_wall = batch.last_event.wall
+        event = batch.last_event
+        if event is not None:  # the oplog's wall time; its cluster time where the server gives none
+            self._last_event_wall = event.wall if event.wall is not None else event.position.ts.as_datetime()
         return self._last_event_wall
 
     def _update_lag(self, batch: Batch) -> None:
         lag = 0.0 if batch.idle else lag_seconds(self._last_event_wall)
+        self._lag_at_last_batch = lag
         with self.status.lock:
             self.status.lag = lag
             self.status.sinks = {s.name: s.stats.snapshot() for s in self.sinks}
@@ -157,11 +160,13 @@ class Pipeline:
         self.stop.wait(min(5.0, 0.5 + (now - self._failing_since) / 4))
 
     def _unreachable(self, why: str) -> None:
+        """Lag keeps growing from where it stood at the last batch: the destination is that far
+        behind the source's last known state, plus the time the source has not answered."""
         now = time.monotonic()
         since = self._failing_since or self._last_batch_at
         with self.status.lock:
             self.status.source_unreachable = True
-            self.status.lag = lag_seconds(self._last_event_wall) if self._last_event_wall else now - since
+            self.status.lag = self._lag_at_last_batch + (now - self._last_batch_at)
         if now - self._last_warning >= WARN_EVERY_S:
             self._last_warning = now
             log.warning("the source is not answering; retrying from the last checkpoint",

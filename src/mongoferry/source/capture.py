@@ -10,6 +10,7 @@ the last change a sink applied (after a rollback or a restart that lost writes, 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
 import logging
@@ -187,11 +188,19 @@ def verify_history(client: Client, last: Mapping[str, Any] | None) -> None:
     if entries and not _names_other_documents(entries, last):
         return
     raise HistoryLostError(
-        f"the source no longer holds the last change already applied ({last.get('op')} on {last.get('ns')} at "
-        f"{ts.time}:{ts.inc}): it lost writes the destination holds (a rollback after a failover, or a "
-        "restart that lost unflushed writes)",
+        f"the source no longer holds the last change already applied ({_describe_change(last)} at "
+        f"{ts.time}:{ts.inc}): the destination holds writes the source lost (a rollback after a failover, "
+        "or a restart that lost unflushed writes), and changes after that point may be missing",
         "the destination is ahead of the source: compare them with `mongoferry verify --check-only`, then "
         "start a new sync with --drop-dst (a resync); mongoferry will not resume past lost history")
+
+
+def _describe_change(last: Mapping[str, Any]) -> str:
+    what = f"{last.get('op')} on {last.get('ns')}"
+    if isinstance(last.get("id"), bytes):
+        with contextlib.suppress(Exception):
+            what += f" _id {bson.decode(last['id'])['_id']!r}"
+    return what
 
 
 def _names_other_documents(entries: list[dict[str, Any]], last: Mapping[str, Any]) -> bool:
