@@ -299,3 +299,23 @@ def test_unknown_config_key_is_refused(tmp_path: Path) -> None:
     cfg.write_text("src: mongodb://127.0.0.1:1/\nwrokers: 3\n")
     r = run_cli("copy", "--config", str(cfg))
     assert r.code == 2 and "unknown option 'wrokers'" in r.err
+
+
+def test_a_capped_collection_over_its_max_on_the_source_is_named_as_the_cause(
+        servers: tuple[EmbeddedServer, EmbeddedServer]) -> None:
+    src, dst = servers
+    with src.client() as c:  # the test server does not enforce `max` inside one large insert
+        c.app.create_collection("cap", capped=True, size=10_000_000, max=50)
+        c.app.cap.insert_many([{"n": i} for i in range(5000)])
+        c.app.plain.insert_many([{"n": i} for i in range(10)])
+        held = c.app.cap.count_documents({})
+    r = run_cli("copy", "--src", src.uri, "--dst", dst.uri)
+    assert r.code == 4, r.text  # the two sides differ: inconsistent, with the cause named
+    with dst.client() as c:
+        kept = c.app.cap.count_documents({})
+    assert 50 < held != kept
+    assert (f"app.cap: source {held}, destination {kept} ({held - kept} missing on the destination; it is capped "
+            "at max 50 documents and the source holds more than its max, so the destination trims it "
+            "differently)") in r.out
+    assert "the source changed during the copy" not in r.out  # that is not what happened
+    assert "app.plain" not in r.out

@@ -153,7 +153,10 @@ def test_unknown_operation_is_refused_and_nothing_is_written(dst: EmbeddedServer
 
 
 @pytest.mark.parametrize(("content", "args", "needle"), [
-    (b"not bson at all", [], "is not a BSON file"),
+    (b"not bson at all", [], "is not a BSON file of oplog entries (a document claims 544501614 bytes), at byte 0"),
+    (b"".join(bson.encode(e) for e in [_insert(1, 1), _insert(2, 2)])[:-7], [],
+     "is truncated: a 71-byte document starts with only 64 bytes left, at byte 71 after 1 entries"),
+    (bson.encode(_insert(1, 1)) + b"\x07\x00", [], "is truncated: a document header is cut off, at byte 71"),
     (bson.encode({"hello": 1}), [], "no timestamp"),
     (None, ["--oplog-limit", "12:x"], "invalid oplog limit"),
 ])

@@ -10,6 +10,7 @@ from mongoferry.infra.logs import resolve_format
 from mongoferry.infra.progress import make_reporter, print_summary
 from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.pipeline.copier import Copier
+from mongoferry.pipeline.counts import capped_max, describe_count_difference
 from mongoferry.state.endpoints import open_endpoints
 
 log = logging.getLogger("mongoferry.copy")
@@ -39,12 +40,12 @@ def run_copy(settings: CopySettings) -> int:
             print_summary(rows, fmt)
             differing = [r for r in rows if r["delta"]]
             if differing:
-                log.error("destination counts differ from the source",
-                          extra={"namespaces": [r["source"] for r in differing]})
-                print("counts differ for "
-                      + ", ".join(f"{r['source']} ({r['sourceCount']} vs {r['destinationCount']})"
-                                  for r in differing)
-                      + " — the source changed during the copy; use `mongoferry sync` for a live source")
+                capped = capped_max(ends.dst, [r["destination"] for r in differing])
+                why = describe_count_difference(
+                    differing, capped, "after the copy",
+                    " — the source changed during the copy; use `mongoferry sync` for a live source")
+                log.error("destination counts differ from the source", extra={"reason": why})
+                print(why)
                 return EXIT_INCONSISTENT
             log.info("copy complete", extra={"namespaces": len(rows),
                                              "documents": sum(r["destinationCount"] for r in rows)})

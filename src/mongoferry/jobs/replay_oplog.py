@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from bson import Timestamp
-from bson.errors import BSONError
 
 from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, UsageError
 from mongoferry.core.events import Position
@@ -25,7 +24,7 @@ from mongoferry.infra.config import ReplayOplogSettings
 from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.pipeline.loop import Pipeline
 from mongoferry.sinks.mongo_apply import Applier
-from mongoferry.source.capture import OplogFileCapture, read_oplog_file
+from mongoferry.source.capture import BadBsonFile, OplogFileCapture, read_oplog_file
 from mongoferry.state.status import JobStatus
 
 log = logging.getLogger("mongoferry.replay_oplog")
@@ -35,9 +34,10 @@ BATCH_EVENTS = 1000
 def _entries(path: Path) -> Iterator[dict[str, Any]]:
     try:
         yield from read_oplog_file(path)
-    except (BSONError, ValueError) as exc:
-        raise UsageError(f"{path} is not a BSON file of oplog entries ({exc})",
-                         "give mongodump's oplog.bson or a dump of local.oplog.rs") from None
+    except BadBsonFile as exc:
+        raise UsageError(f"{path}: {exc.why}, at byte {exc.offset} after {exc.documents} entries",
+                         "give a complete oplog.bson (run mongodump again, or copy the file again); "
+                         "nothing was replayed") from None
 
 
 def _key(entry: dict[str, Any]) -> tuple[int, int]:

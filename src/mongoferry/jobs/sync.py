@@ -28,6 +28,7 @@ from mongoferry.infra.progress import make_reporter
 from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.pipeline.copier import Copier
 from mongoferry.pipeline.copy_window import CopyWindow
+from mongoferry.pipeline.counts import capped_max, count_rows, describe_count_difference
 from mongoferry.pipeline.loop import Pipeline
 from mongoferry.sinks.mongo_apply import Applier
 from mongoferry.source import capture as cap
@@ -41,18 +42,6 @@ CAPTURE_SINK = "dst"
 PERSIST_EVERY_S = 1.0
 COUNT_EVERY_S = 5.0
 COUNT_TIMEOUT_S = 3.0
-
-
-def describe_count_difference(rows: list[dict[str, Any]], write_blocked: bool) -> str:
-    """Why a commit was refused, in numbers: which namespaces differ, and by how much."""
-    parts = []
-    for r in rows:
-        delta = r["delta"]
-        what = f"{delta} missing on the destination" if delta > 0 else f"{-delta} more on the destination"
-        parts.append(f"{r['source']}: source {r['sourceCount']}, destination {r['destinationCount']} ({what})")
-    cause = ("" if write_blocked else
-             "; if applications still write to the source, stop them (or let the commit block writes)")
-    return "counts differ after draining: " + "; ".join(parts) + cause
 
 
 class SyncJob:
@@ -177,7 +166,10 @@ class SyncJob:
         rows = self.count_rows(exact=True)
         differing = [r for r in rows if r["delta"]]
         if differing:
-            return self.commit_failed(describe_count_difference(differing, write_blocked=self.write_blocked))
+            hint = ("" if self.write_blocked else
+                    "; if applications still write to the source, stop them (or let the commit block writes)")
+            capped = capped_max(self.ends.dst, [r["destination"] for r in differing])
+            return self.commit_failed(describe_count_difference(differing, capped, "after draining", hint))
         if not self.s.no_verify:
             failed = self.verify_final_state()
             if failed:
@@ -249,23 +241,9 @@ class SyncJob:
 
     # ------------------------------------------------------------------ status
     def count_rows(self, exact: bool = False) -> list[dict[str, Any]]:
-        rows = []
         # Informative counts never hold the job up for long (an unreachable server, a slow count).
         with contextlib.nullcontext() if exact else pymongo.timeout(COUNT_TIMEOUT_S):
-            for src_ns, dst_ns in sorted(self.mapping.items()):
-                rows.append(self._count_row(src_ns, dst_ns, exact))
-        return rows
-
-    def _count_row(self, src_ns: str, dst_ns: str, exact: bool) -> dict[str, Any]:
-        sdb, _, scoll = src_ns.partition(".")
-        ddb, _, dcoll = dst_ns.partition(".")
-        if exact:
-            a = self.ends.src[sdb][scoll].count_documents({})
-            b = self.ends.dst[ddb][dcoll].count_documents({})
-        else:
-            a = self.ends.src[sdb][scoll].estimated_document_count()
-            b = self.ends.dst[ddb][dcoll].estimated_document_count()
-        return {"source": src_ns, "destination": dst_ns, "sourceCount": a, "destinationCount": b, "delta": a - b}
+            return count_rows(self.ends.src, self.ends.dst, self.mapping, exact)
 
     def persist(self, force: bool = False) -> None:
         now = time.monotonic()

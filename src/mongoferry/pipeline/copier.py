@@ -32,6 +32,7 @@ from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.infra.clients import RAW, Client, driver_errors, namespace_changed
 from mongoferry.infra.config import CopySettings
 from mongoferry.infra.progress import Reporter
+from mongoferry.pipeline.counts import count_rows
 from mongoferry.pipeline.throttle import Throttle
 from mongoferry.sinks.mongo import MongoWriter
 from mongoferry.source import catalog, partition
@@ -349,18 +350,10 @@ class Copier:
 
     # ---------------------------------------------------------------- summary
     def counts(self) -> list[dict[str, Any]]:
-        """Source and destination counts per namespace, all asked at once. Metadata counts: cheap on
-        MongoDB at any size (some compatible servers scan); `mongoferry verify` is the exact proof."""
-        def count(client: Client, ns: str) -> int:
-            db, _, coll = ns.partition(".")
-            return int(client[db][coll].estimated_document_count())
-
-        pairs = sorted(self.mapping.items())
-        with driver_errors("counting documents"), ThreadPoolExecutor(max(1, min(8, 2 * len(pairs)))) as pool:
-            src_n = [pool.submit(count, self.src, s) for s, _ in pairs]
-            dst_n = [pool.submit(count, self.dst, d) for _, d in pairs]
-            return [{"source": s, "destination": d, "sourceCount": a.result(), "destinationCount": b.result(),
-                     "delta": a.result() - b.result()} for (s, d), a, b in zip(pairs, src_n, dst_n, strict=True)]
+        """Source and destination counts per namespace (metadata counts: cheap on MongoDB at any size,
+        some compatible servers scan); `mongoferry verify` is the exact proof."""
+        with driver_errors("counting documents"):
+            return count_rows(self.src, self.dst, self.mapping)
 
 
 _VIEW = CollectionSpec(ns="", kind="collection")

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 import bson
 from bson import Binary, Timestamp
+from bson.errors import BSONError
 from pymongo.change_stream import ChangeStream, ClusterChangeStream
 from pymongo.cursor import Cursor, CursorType
 from pymongo.errors import OperationFailure
@@ -416,9 +417,39 @@ class OplogCapture:
 
 
 # ------------------------------------------------------------------ oplog files
+MAX_BSON_FILE_DOCUMENT = 64 * 1024 * 1024  # documents are 16 MiB at most; room for the server's overhead
+
+
+class BadBsonFile(ValueError):
+    """Where a BSON file stops making sense: the byte offset and how many documents came before."""
+
+    def __init__(self, why: str, offset: int, documents: int) -> None:
+        super().__init__(why)
+        self.why, self.offset, self.documents = why, offset, documents
+
+
 def read_oplog_file(path: Path) -> Iterator[dict[str, Any]]:
+    """The documents of a BSON file, one at a time; a cut-off or corrupt one raises BadBsonFile."""
+    size = path.stat().st_size
     with path.open("rb") as f:
-        yield from bson.decode_file_iter(f, DECODED)
+        offset = documents = 0
+        while header := f.read(4):
+            length = int.from_bytes(header, "little", signed=True) if len(header) == 4 else 0
+            if len(header) < 4:
+                raise BadBsonFile("it is truncated: a document header is cut off", offset, documents)
+            if not 5 <= length <= MAX_BSON_FILE_DOCUMENT:
+                raise BadBsonFile(f"it is not a BSON file of oplog entries (a document claims {length} bytes)",
+                                  offset, documents)
+            if offset + length > size:
+                raise BadBsonFile(f"it is truncated: a {length}-byte document starts with only "
+                                  f"{size - offset} bytes left", offset, documents)
+            data = header + f.read(length - 4)
+            try:
+                yield bson.decode(data, DECODED)
+            except BSONError as exc:
+                raise BadBsonFile(f"a document is not valid BSON ({exc})", offset, documents) from None
+            offset += length
+            documents += 1
 
 
 def _ts_key(entry: dict[str, Any]) -> tuple[int, int]:
