@@ -120,3 +120,21 @@ def test_a_new_sync_after_a_committed_one_starts_over(tmp_path: Path, harness: H
     wait_for(lambda: docs_match(src, dst, "app.users"), timeout=60)
     assert run_cli("commit", "--dst", dst.uri, timeout=120).code == 0
     assert second.wait_exit(120) == 0, second.log_tail()
+
+
+def test_sigterm_with_the_source_gone_exits_promptly_and_says_what_it_waits_for(
+        tmp_path: Path, harness: Harness) -> None:
+    src, dst = _servers(tmp_path, harness)
+    with src.client() as c:
+        c.app.users.insert_many([{"_id": i} for i in range(20)])
+    sync = harness.sync(src, dst, "--no-write-block")
+    sync.wait_state("RUNNING", timeout=120)
+    src.kill()
+    sync.wait_state("SOURCE_UNREACHABLE", timeout=60)
+    started = time.monotonic()
+    code = sync.terminate(timeout=30)  # not the driver's 30 s server selection, once or more
+    took = time.monotonic() - started
+    assert code == 0, sync.log_tail()
+    log = sync.log_text()
+    assert "sync stopped; run the same command to continue" in log, f"{took:.1f}s\n{sync.log_tail()}"
+    assert "not waiting for a read blocked on the source" in log

@@ -199,6 +199,16 @@ def test_unknown_dashed_option_in_yaml(tmp_path: Path) -> None:
     assert "max_speed" in err.message or "max-speed" in err.message
 
 
+def test_every_problem_of_a_config_file_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers: 0\ncolour: blue\nlog_format: xml\nbatch_size: -1\n")
+    err = load_error({}, path)
+    assert err.message.startswith("4 problems: ")
+    for needle in ("unknown option 'colour'", "invalid value for 'workers'", "invalid value for 'log_format'",
+                   "invalid value for 'batch_size'"):
+        assert needle in err.message
+    assert "\n" not in err.message  # still one line
+
+
 def test_unknown_flag() -> None:
     err = load_error({"turbo": True})
     assert "unknown option 'turbo'" in err.message

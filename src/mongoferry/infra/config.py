@@ -154,18 +154,26 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def _describe_error(cls: type[Settings], err: Any) -> str:
+    """One problem of a validation, naming the option as the user spells it on each side."""
+    name = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown option {name!r}"
+    field = str(err["loc"][0]) if err["loc"] else ""
+    where = f" (--{field.replace('_', '-')} / MONGOFERRY_{field.upper()})" if field in cls.model_fields else ""
+    return f"invalid value for {name!r}{where}: {err['msg']}"
+
+
 def load_settings(cls: type[S], flags: dict[str, Any], config_file: Path | None = None) -> S:
     file_values = read_config_file(config_file) if config_file else {}
     _FILE_VALUES[cls] = file_values
     try:
         return cls(**flags)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            raise UsageError(f"unknown option {name!r}", "see `mongoferry COMMAND --help` for the options") from None
-        field = str(err["loc"][0]) if err["loc"] else ""
-        where = f" (--{field.replace('_', '-')} / MONGOFERRY_{field.upper()})" if field in cls.model_fields else ""
-        raise UsageError(f"invalid value for {name!r}{where}: {err['msg']}", "see docs/configuration.md") from None
+        problems = [_describe_error(cls, err) for err in exc.errors()]
+        unknown_only = all(p.startswith("unknown option") for p in problems)
+        hint = "see `mongoferry COMMAND --help` for the options" if unknown_only else "see docs/configuration.md"
+        head = "" if len(problems) == 1 else f"{len(problems)} problems: "
+        raise UsageError(head + "; ".join(problems), hint) from None
     finally:
         _FILE_VALUES.pop(cls, None)

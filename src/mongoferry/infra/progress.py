@@ -165,11 +165,27 @@ def print_summary(rows: list[dict[str, Any]], fmt: str, title: str = "copy summa
         for row in rows:
             log.info("summary", extra=row)
         return
+    cells = [[row["source"], row["destination"], f"{row['sourceCount']:,}", f"{row['destinationCount']:,}",
+              "ok" if row["sourceCount"] == row["destinationCount"] else "differs"] for row in rows]
+    headers = ["source", "destination", "source count", "destination count", ""]
+    if fmt == "text":  # plain columns, whole names, no box: for logs and pipes
+        print(title)
+        for line in plain_columns([headers, *cells], right=frozenset({2, 3})):
+            print(line)
+        return
     table = Table(title=title)
-    for col in ("source", "destination", "source count", "destination count", ""):
-        table.add_column(col, justify="right" if "count" in col else "left")
-    for row in rows:
-        ok = row["sourceCount"] == row["destinationCount"]
-        table.add_row(row["source"], row["destination"], f"{row['sourceCount']:,}",
-                      f"{row['destinationCount']:,}", "[green]ok[/]" if ok else "[red]differs[/]")
-    Console().print(table)
+    for col in headers:
+        table.add_column(col, justify="right" if "count" in col else "left", overflow="fold")
+    for c in cells:
+        table.add_row(*c[:4], "[green]ok[/]" if c[4] == "ok" else "[red]differs[/]")
+    console = Console()
+    if not console.is_terminal:  # no terminal width to respect: never cut a namespace name
+        console = Console(width=max(80, sum(max(len(c[i]) for c in [headers, *cells]) + 3 for i in range(5)) + 1))
+    console.print(table)
+
+
+def plain_columns(rows: list[list[str]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows as lines of aligned columns, two spaces apart; `right` columns align right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            .rstrip() for r in rows]

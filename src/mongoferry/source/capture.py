@@ -268,6 +268,8 @@ class Prefetching:
         if not self.thread.is_alive():
             self.inner.close()
         else:
+            log.info("not waiting for a read blocked on the source (it does not answer)",
+                     extra={"waitedSeconds": wait_s})
             threading.Thread(target=self.inner.close, daemon=True).start()
 
 
