@@ -29,11 +29,12 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mongoferry.core.errors import EXIT_INCONSISTENT, EXIT_OK, MongoferryError
 from mongoferry.dev.embedded import child_env, embedded_pair, free_port
-from mongoferry.dev.sample import load_sample
+from mongoferry.dev.sample import load_sample, sample_size
 from mongoferry.infra.clients import RAW, Client
 from mongoferry.infra.config import CopySettings
 from mongoferry.jobs.copy import run_copy
@@ -191,7 +192,10 @@ def run_demo(docs: int = 200_000, workers: int = 4, keep: bool = False, log_form
             console.print(f"[bold]source[/] {src_server.uri}   [bold]destination[/] {dst_server.uri}")
             started = time.monotonic()
             with src_server.client() as src, dst_server.client() as dst:
-                counts = load_sample(src, docs)
+                with Progress(TextColumn("loading the sample"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=console, transient=True) as bar:
+                    task = bar.add_task("load", total=sample_size(docs))
+                    counts = load_sample(src, docs, lambda n: bar.advance(task, n))
                 console.print(f"loaded {sum(counts.values()):,} documents into the source in "
                               f"{time.monotonic() - started:.1f}s: "
                               + ", ".join(f"{ns} {n:,}" for ns, n in counts.items()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bson import Binary, Decimal128, Int64, ObjectId
@@ -65,7 +65,8 @@ def generate(kind: str, n: int, seed: int = 7) -> Iterator[dict[str, Any]]:
             yield {"_id": ObjectId(), "kind": rng.choice(["click", "view", "buy"]), "n": i}
 
 
-def _insert(client: Client, ns: str, docs: Iterator[dict[str, Any]], batch: int = 2000) -> int:
+def _insert(client: Client, ns: str, docs: Iterator[dict[str, Any]], loaded: Callable[[int], None],
+            batch: int = 2000) -> int:
     db, _, coll = ns.partition(".")
     buf: list[dict[str, Any]] = []
     n = 0
@@ -74,25 +75,36 @@ def _insert(client: Client, ns: str, docs: Iterator[dict[str, Any]], batch: int 
         if len(buf) >= batch:
             client[db][coll].insert_many(buf, ordered=False)
             n += len(buf)
+            loaded(len(buf))
             buf = []
     if buf:
         client[db][coll].insert_many(buf, ordered=False)
         n += len(buf)
+        loaded(len(buf))
     return n
 
 
-def load_sample(client: Client, total_docs: int = 200_000) -> dict[str, int]:
-    """Several databases: nested docs, arrays, mixed _id types, indexes, a view, a capped collection."""
-    share = {"shop.customers": 0.35, "shop.orders": 0.45, "shop.products": 0.02, "iot.devices": 0.13,
-             "iot.events": 0.05}
+def sample_size(total_docs: int) -> int:
+    """How many documents load_sample inserts for `total_docs`."""
+    return sum(max(10, int(total_docs * frac)) for frac in SHARE.values())
+
+
+SHARE = {"shop.customers": 0.35, "shop.orders": 0.45, "shop.products": 0.02, "iot.devices": 0.13,
+         "iot.events": 0.05}
+
+
+def load_sample(client: Client, total_docs: int = 200_000,
+                loaded: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+    """Several databases: nested docs, arrays, mixed _id types, indexes, a view, a capped collection.
+    `loaded(n)` is told after every batch, for a progress display."""
     shop, iot = client["shop"], client["iot"]
     iot.create_collection("events", capped=True, size=8 * 1024 * 1024, max=20_000)
     shop.create_collection("products", validator={"$jsonSchema": {"bsonType": "object",
                                                                    "required": ["title", "price"]}})
     counts: dict[str, int] = {}
-    for ns, frac in share.items():
+    for ns, frac in SHARE.items():
         kind = ns.partition(".")[2]
-        counts[ns] = _insert(client, ns, generate(kind, max(10, int(total_docs * frac))))
+        counts[ns] = _insert(client, ns, generate(kind, max(10, int(total_docs * frac))), loaded)
     shop.customers.create_index([("email", ASCENDING)], unique=True, name="email_unique")
     shop.customers.create_index([("address.city", ASCENDING), ("created", DESCENDING)])
     shop.customers.create_index([("address.geo", GEOSPHERE)])
