@@ -171,11 +171,6 @@ class ChangeStreamReader:
             self.last_ts = change["clusterTime"]
         return change
 
-    def resume_point(self, current: StartPoint) -> StartPoint:
-        """Where to reopen after an error: right after what was read (the stream's latest token)."""
-        token = self.stream.resume_token if self.stream is not None else None
-        return StartPoint(ts=self.last_ts, token=token) if token is not None else current
-
     def close(self) -> None:
         if self.stream is not None:
             self.stream.close()
@@ -236,9 +231,6 @@ class OplogReader:
         self._group_ts = ts if isinstance(ts, Timestamp) else None
         self._group_next = offset + _oplog_ops(entry)
         return offset
-
-    def resume_point(self, current: StartPoint) -> StartPoint:
-        return StartPoint(ts=self.last_ts, continuing=True) if self.last_ts is not None else current
 
     def close(self) -> None:
         if self.cursor is not None:

@@ -170,10 +170,7 @@ def check_redis(client: RedisClient, target: RedisTarget, timeout_s: float) -> N
     except AuthenticationError as exc:
         raise AuthError(f"authentication failed for Redis {target.shown}: {redact(str(exc))}",
                         "check the password in the Redis URL") from None
-    except ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise AuthError(f"authentication failed for Redis {target.shown}: {redact(str(exc))}",
-                            "check the password in the Redis URL") from None
+    except ResponseError as exc:  # redis-py raises AuthenticationError for NOAUTH and WRONGPASS
         raise ConnectError(f"Redis {target.shown} refused PING: {redact(str(exc))}",
                            "check the Redis server") from None
     except RedisError as exc:
