@@ -145,7 +145,7 @@ def test_sigkill_during_copy_then_rerun_ends_identical(servers: tuple[EmbeddedSe
                                                       tmp_path: Path) -> None:
     src, dst = servers
     seed_many(src, 30_000)
-    args = ("copy", "--src", src.uri, "--dst", dst.uri, "--workers", "3", "--batch-size", "200",
+    args = ("copy", "--src", src.uri, "--dst", dst.uri, "--workers", "3", "--ranges", "on", "--batch-size", "200",
             "--partition-docs", "10000", "--log-format", "json")
     for round_ in range(2):
         proc = start_cli(*args, log=tmp_path / "copy.log")
@@ -160,11 +160,27 @@ def test_sigkill_during_copy_then_rerun_ends_identical(servers: tuple[EmbeddedSe
     with dst.client() as c:
         partially = sum(p.get("docs", 0) for p in c.mongoferry_meta.partitions.find())
         assert 0 < partially < 33_000
+        assert c.mongoferry_meta.partitions.count_documents({"ns": "big.docs"}) == 3  # parallel ranges, resumed
     r = run_cli(*args)
     assert r.code == 0, r.text
     assert any(line.get("msg") == "copy resuming" for line in r.json_lines())
     for ns in ("big.docs", "big.other"):
         assert raw_docs(src, ns) == raw_docs(dst, ns)
+
+
+def test_workers_auto_measures_a_range_read_and_keeps_one_reader_where_it_costs_a_scan(
+        servers: tuple[EmbeddedServer, EmbeddedServer]) -> None:
+    src, dst = servers
+    seed_many(src, 30_000)  # the test server scans the collection for every _id range
+    r = run_cli("copy", "--src", src.uri, "--dst", dst.uri, "--log-format", "json")
+    assert r.code == 0, r.text
+    plans = [line for line in r.json_lines() if str(line.get("msg", "")).startswith("copy plan")]
+    assert [p["msg"] for p in plans if p["ns"] == "big.docs"] == [
+        "copy plan: one reader (an _id range costs a collection scan here)"]
+    assert next(p for p in plans if p["ns"] == "big.docs")["rangeReadSeconds"] > 0
+    with dst.client() as c:
+        assert c.mongoferry_meta.partitions.count_documents({"ns": "big.docs"}) == 1
+    assert raw_docs(src, "big.docs") == raw_docs(dst, "big.docs")
 
 
 def test_sigterm_stops_cleanly_and_rerun_finishes(servers: tuple[EmbeddedServer, EmbeddedServer],

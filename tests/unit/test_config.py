@@ -41,7 +41,7 @@ def load_error(flags: dict[str, Any], path: Path | None = None) -> UsageError:
 
 def test_defaults() -> None:
     s = load_settings(CopySettings, {})
-    assert s.workers == 4
+    assert s.workers == "auto" and s.readers == 4 and s.ranges == "auto"
     assert s.batch_size == 1000
     assert s.partition_docs == 50_000
     assert s.drop_dst is False
@@ -102,14 +102,14 @@ def test_file_layer_does_not_outlive_load(tmp_path: Path) -> None:
     path = write(tmp_path, "workers: 9\n")
     assert load_settings(CopySettings, {}, path).workers == 9
     assert CopySettings not in config._FILE_VALUES
-    assert load_settings(CopySettings, {}).workers == 4, "a later load without --config sees no file values"
+    assert load_settings(CopySettings, {}).workers == "auto", "a later load without --config sees no file values"
 
 
 def test_file_layer_is_removed_even_after_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "workers: 0\n")
     load_error({}, path)
     assert CopySettings not in config._FILE_VALUES
-    assert load_settings(CopySettings, {}).workers == 4
+    assert load_settings(CopySettings, {}).workers == "auto"
 
 
 def test_connection_settings_reject_copy_options(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_read_config_file_normalises_keys(tmp_path: Path) -> None:
 def test_empty_config_file_means_no_values(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
     assert read_config_file(path) == {}
-    assert load_settings(CopySettings, {}, path).workers == 4
+    assert load_settings(CopySettings, {}, path).workers == "auto"
 
 
 # ---------------------------------------------------------------- errors

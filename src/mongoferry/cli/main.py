@@ -25,7 +25,14 @@ __all__ = ["given", "main", "run_guarded", "settings_from"]
 
 def copy_options(fn: F) -> F:
     opts = [
-        click.option("--workers", type=int, help=env_help("Partitions copied in parallel (default 4).", "workers")),
+        click.option("--workers", metavar="N|auto",
+                     help=env_help("Readers in parallel; auto (the default): one per collection, up to 4 at "
+                                   "once, and _id ranges within one only where the server reads them cheaply.",
+                                   "workers")),
+        click.option("--ranges", type=click.Choice(["auto", "on", "off"]),
+                     help=env_help("Copy one collection in parallel _id ranges: auto (the default) where a "
+                                   "measured range read costs about what its documents do, on, or off.",
+                                   "ranges")),
         click.option("--batch-size", type=int, help=env_help("Documents per read/insert batch (default 1000).",
                                                               "batch_size")),
         click.option("--partition-docs", type=int,
@@ -186,12 +193,12 @@ def replay_oplog(ctx: click.Context, /, files: tuple[str, ...], **values: Any) -
 
 @main.command()
 @click.option("--docs", type=int, default=200_000, show_default=True, help="Documents in the sample data set.")
-@click.option("--workers", type=int, default=4, show_default=True, help="Copy workers.")
+@click.option("--workers", default="auto", show_default=True, metavar="N|auto", help="Copy readers (as for copy).")
 @click.option("--keep", is_flag=True, help="Keep the servers' data directory and print its path.")
 @click.option("--copy-only", is_flag=True, help="Run a one-off copy instead of the live sync and commit.")
 @click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text"]), default="auto",
               show_default=True, help="Progress style.")
-def demo(docs: int, workers: int, keep: bool, copy_only: bool, log_format: str) -> None:
+def demo(docs: int, workers: str, keep: bool, copy_only: bool, log_format: str) -> None:
     """A live migration between two embedded SecantusDB servers, start to finish.
 
     Loads a realistic sample, runs `sync` while a writer keeps changing the

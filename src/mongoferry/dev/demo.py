@@ -118,7 +118,7 @@ def progress_view(p: dict[str, Any], writer_ops: int) -> Group:
 
 
 def run_live_demo(console: Console, root: Path, src_uri: str, dst_uri: str, src: Client, dst: Client,
-                  workers: int) -> int:
+                  workers: str) -> int:
     port = free_port()
     api = f"http://127.0.0.1:{port}/api/v1"
     log = root / "sync.log"
@@ -183,7 +183,7 @@ def prove_identical(console: Console, src: Client, dst: Client) -> int:
     return EXIT_OK if ok and idx_src == idx_dst else EXIT_INCONSISTENT
 
 
-def run_demo(docs: int = 200_000, workers: int = 4, keep: bool = False, log_format: str = "auto",
+def run_demo(docs: int = 200_000, workers: str = "auto", keep: bool = False, log_format: str = "auto",
              copy_only: bool = False) -> int:
     console = Console(stderr=True)
     root = Path(tempfile.mkdtemp(prefix="mongoferry-demo-"))

@@ -77,13 +77,40 @@ class ConnectionSettings(Settings):
     _split = field_validator("include", "exclude", "rename", mode="before")(split_list)
 
 
+AUTO_READERS = 4  # readers at once with --workers auto (collections, or ranges where they are cheap)
+MAX_WORKERS = 64
+
+
+def parse_workers(value: Any) -> Any:
+    """'auto' or a whole number from 1 to MAX_WORKERS, as one problem when it is neither."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or not 1 <= n <= MAX_WORKERS or (isinstance(value, float) and n != value):
+        raise ValueError(f"expected 'auto' or a whole number from 1 to {MAX_WORKERS}, got {value!r}")
+    return n
+
+
 class CopySettings(ConnectionSettings):
-    workers: int = Field(4, ge=1, le=64)
+    workers: Literal["auto"] | int = Field(
+        "auto", description="readers in parallel, or 'auto': one per collection, ranges only where measured cheap")
+    ranges: Literal["auto", "on", "off"] = Field(
+        "auto", description="_id ranges within a collection: auto (where a measured range read is cheap), on, off")
     batch_size: int = Field(1000, ge=1, le=100_000)
     partition_docs: int = Field(50_000, ge=100, description="target documents per partition")
     drop_dst: bool = False
     max_docs_per_s: float | None = Field(None, gt=0, description="copy at most this many documents per second")
     max_bytes_per_s: float | None = Field(None, gt=0, description="copy at most this many bytes per second")
+
+    _workers = field_validator("workers", mode="before")(parse_workers)
+
+    @property
+    def readers(self) -> int:
+        """Threads reading at once."""
+        return AUTO_READERS if self.workers == "auto" else self.workers
 
 
 class SyncSettings(CopySettings):
@@ -161,7 +188,7 @@ def _describe_error(cls: type[Settings], err: Any) -> str:
         return f"unknown option {name!r}"
     field = str(err["loc"][0]) if err["loc"] else ""
     where = f" (--{field.replace('_', '-')} / MONGOFERRY_{field.upper()})" if field in cls.model_fields else ""
-    return f"invalid value for {name!r}{where}: {err['msg']}"
+    return f"invalid value for {name!r}{where}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def load_settings(cls: type[S], flags: dict[str, Any], config_file: Path | None = None) -> S:

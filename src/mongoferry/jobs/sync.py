@@ -189,7 +189,7 @@ class SyncJob:
         log.info("commit: verifying the final state (skip with --no-verify)")
         vs = VerifySettings.model_validate({
             "src": self.s.src, "dst": self.s.dst, "include": self.s.include, "exclude": self.s.exclude,
-            "rename": self.s.rename, "meta_db": self.s.meta_db, "workers": self.s.workers, "check_only": True})
+            "rename": self.s.rename, "meta_db": self.s.meta_db, "workers": self.s.readers, "check_only": True})
         sink = OneShot(vs, self.ends.src, self.ends.dst, self.ends.nsmap, self.stop).run()
         if self.stop.is_set():
             return "stopped during the final verification"

@@ -152,13 +152,22 @@ class Copier:
             self.writer.create(dst_ns, spec)
             if spec.natural_order:
                 parts = partition.natural(src_ns)
-            elif self.settings.workers == 1:
-                parts = partition.ranges(src_ns, [])  # one reader: planning ranges would only cost a scan
-            else:
-                target = partition_target(spec.count, self.settings.workers, self.settings.partition_docs)
+            elif self._use_ranges(spec):
+                target = partition_target(spec.count, self.settings.readers, self.settings.partition_docs)
                 parts = partition.plan(self.src[spec.db][spec.name], src_ns, spec.count, target)
+            else:
+                parts = partition.ranges(src_ns, [])  # one reader: planning ranges would only cost a scan
             self.meta.save_partitions(src_ns, parts)
             self.meta.save_collection(src_ns, {"dst": dst_ns, "spec": spec.to_doc(), "state": "copying"})
+
+    def _use_ranges(self, spec: CollectionSpec) -> bool:
+        """Several `_id` ranges for one collection: asked for, or measured to be worth it."""
+        if self.settings.readers == 1 or self.settings.ranges == "off":
+            return False
+        if self.settings.ranges == "on":
+            return True
+        return spec.count >= 2 * MIN_PARTITION_DOCS and partition.ranges_are_cheap(
+            self.src[spec.db][spec.name], spec.ns)
 
     def _mapped_view_on(self, src_ns: str, spec: CollectionSpec) -> str:
         view_on = str(spec.options.get("viewOn", ""))
@@ -189,7 +198,7 @@ class Copier:
             if left == 0 and colls[ns]["state"] != "done":
                 self._finish_namespace(ns, colls[ns])
         if todo:
-            with ThreadPoolExecutor(self.settings.workers, thread_name_prefix="copy") as pool:
+            with ThreadPoolExecutor(self.settings.readers, thread_name_prefix="copy") as pool:
                 futures: list[Future[None]] = [pool.submit(self._run_partition, p, colls[p.ns]) for p in todo]
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)
                 for f in done:

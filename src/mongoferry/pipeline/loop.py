@@ -166,7 +166,8 @@ class Pipeline:
         since = self._failing_since or self._last_batch_at
         with self.status.lock:
             self.status.source_unreachable = True
-            self.status.lag = self._lag_at_last_batch + (now - self._last_batch_at)
+            self.status.lag = self._lag_at_last_batch
+            self.status.lag_growing_since = self._last_batch_at
         if now - self._last_warning >= WARN_EVERY_S:
             self._last_warning = now
             log.warning("the source is not answering; retrying from the last checkpoint",
@@ -175,7 +176,7 @@ class Pipeline:
     def _recovered(self) -> None:
         if self.status.source_unreachable:
             log.warning("the source answers again; replaying from the last checkpoint")
-            self.status.set(source_unreachable=False)
+            self.status.set(source_unreachable=False, lag_growing_since=None)
         self._failing_since = None
 
     # ------------------------------------------------------------------ draining and closing

@@ -10,7 +10,8 @@ lower bound and the last no upper bound, so MinKey and MaxKey ids are included.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pymongo.collection import Collection
@@ -66,14 +67,44 @@ def ranges_use_index(coll: Collection[Any]) -> bool:
     return "IXSCAN" in set(_stages(explained.get("queryPlanner", explained)))
 
 
-def plan(coll: Collection[Any], ns: str, estimated_count: int, target_docs: int) -> list[Partition]:
-    """Plan `_id` ranges of about `target_docs` documents each (one range for small collections,
-    or where the server cannot read a range without scanning the whole collection)."""
-    if estimated_count <= target_docs:
-        return ranges(ns, [])
+def _fastest(read: Callable[[], object], tries: int = 3) -> float:
+    best = float("inf")
+    for _ in range(tries):
+        started = time.perf_counter()
+        read()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def ranges_are_cheap(coll: Collection[Any], ns: str) -> bool:
+    """Does reading an `_id` range cost what its documents do, or what the collection does?
+
+    Asked of the server (explain), then measured: an empty `_id` range is read (an index seek on
+    MongoDB: about one round trip) and timed against a ping (the round trip). A server that scans
+    the collection for a range takes far longer, and there every extra range would cost a full
+    scan: one reader per collection is then the fastest copy."""
     if not ranges_use_index(coll):
-        log.warning("the server reads _id ranges with a collection scan; copying in one range",
-                    extra={"ns": ns})
+        log.info("copy plan: one reader (the server reads _id ranges with a collection scan)", extra={"ns": ns})
+        return False
+    try:
+        first = coll.find_one({}, {"_id": 1})
+        if first is None:
+            return False
+        bound = [("_id", first["_id"])]
+        round_trip = _fastest(lambda: coll.database.client.admin.command("ping"))
+        empty_range = _fastest(lambda: list(coll.find({}, {"_id": 1}).hint([("_id", 1)]).min(bound).max(bound)))
+    except PyMongoError:
+        return False
+    cheap = empty_range <= 4 * round_trip + 0.01
+    log.info("copy plan: parallel _id ranges" if cheap else
+             "copy plan: one reader (an _id range costs a collection scan here)",
+             extra={"ns": ns, "rangeReadSeconds": round(empty_range, 4), "roundTripSeconds": round(round_trip, 4)})
+    return cheap
+
+
+def plan(coll: Collection[Any], ns: str, estimated_count: int, target_docs: int) -> list[Partition]:
+    """Plan `_id` ranges of about `target_docs` documents each (one range for small collections)."""
+    if estimated_count <= target_docs:
         return ranges(ns, [])
     cursor = coll.find({}, {"_id": 1}, batch_size=10_000).hint([("_id", 1)]).sort("_id", 1)
     bounds = list(every_nth((d["_id"] for d in cursor), target_docs))

@@ -27,6 +27,9 @@ class JobStatus:
         self.state = "COPYING"
         self.copy_done = False
         self.lag = 0.0
+        # While the source does not answer, lag grows on its own from this monotonic time (the last
+        # batch), so a read blocked on the gone source cannot freeze it.
+        self.lag_growing_since: float | None = None
         self.copy = {"totalDocs": 0, "copiedDocs": 0, "totalBytes": 0, "copiedBytes": 0}
         self.events: Counter[str] = Counter()
         self.namespaces: list[dict[str, Any]] = []
@@ -45,8 +48,13 @@ class JobStatus:
             for k, v in fields.items():
                 setattr(self, k, v)
 
+    def current_lag(self) -> float:
+        if self.source_unreachable and self.lag_growing_since is not None:
+            return self.lag + (time.monotonic() - self.lag_growing_since)
+        return self.lag
+
     def can_commit(self) -> bool:
-        return (self.copy_done and self.lag < 1.0 and not self.source_unreachable
+        return (self.copy_done and self.current_lag() < 1.0 and not self.source_unreachable
                 and self.state in ("RUNNING", "CATCHING_UP"))
 
     def shown_state(self) -> str:
@@ -57,7 +65,7 @@ class JobStatus:
             return {
                 "state": self.shown_state(),
                 "canCommit": self.can_commit(),
-                "lagTimeSeconds": round(self.lag, 3),
+                "lagTimeSeconds": round(self.current_lag(), 3),
                 "copy": dict(self.copy),
                 "events": {t: int(self.events.get(t, 0)) for t in EVENT_TYPES},
                 "namespaces": [dict(n) for n in self.namespaces],
