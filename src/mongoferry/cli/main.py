@@ -126,6 +126,60 @@ def sync(ctx: click.Context, /, **values: Any) -> None:
     run_guarded(lambda: run_sync(settings_from(ctx, SyncSettings, values)))
 
 
+def split_options(fn: F) -> F:
+    opts = [
+        click.option("--key", multiple=True, metavar="FIELD|DB.COLL=FIELD",
+                     help=env_help("The routing key: a field or dotted path; DB.COLL=FIELD for one namespace "
+                                   "(repeatable).", "key")),
+        click.option("--by", type=click.Choice(["mod", "hash", "range"]),
+                     help=env_help("mod (key mod N, the default), hash (sha256 of the key mod N), or range "
+                                   "(--bound values).", "by")),
+        click.option("--bound", multiple=True, metavar="VALUE",
+                     help=env_help("--by range: the first key of each part after the first, in order "
+                                   "(extended JSON: 100, '\"m\"', '{\"$date\": \"2024-01-01T00:00:00Z\"}').",
+                                   "bound")),
+        click.option("--broadcast", multiple=True, metavar="DB|DB.COLL",
+                     help=env_help("Copy this namespace whole to every destination (repeatable).", "broadcast")),
+        click.option("--unrouted", type=int, metavar="I",
+                     help=env_help("Send documents whose key is missing or not routable to destination I "
+                                   "(default: refuse them).", "unrouted")),
+        click.option("--explain", is_flag=True, default=None,
+                     help="Print the rule and each namespace's share per destination, then stop (writes nothing)."),
+        click.option("--capture", type=click.Choice(["change-stream", "oplog"]),
+                     help=env_help("Change streams (default) or tailing local.oplog.rs.", "capture")),
+        click.option("--http", help=env_help("Status/control API HOST:PORT, or 'off' (default 127.0.0.1:27182).",
+                                             "http")),
+        click.option("--no-write-block", is_flag=True, default=None,
+                     help=env_help("At commit, do not block writes on the source (you stop the writers).",
+                                   "no_write_block")),
+        click.option("--max-batch", type=int, help=env_help("Events per applied batch (default 1000).", "max_batch")),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@connection_options("Split", dst_help="A destination (repeat: one per part, in order; part 0 first).")
+@copy_options
+@split_options
+@common_options
+@click.pass_context
+def split(ctx: click.Context, /, **values: Any) -> None:
+    """Split one deployment into N by a key, live: sync with one --dst per part.
+
+    Each document goes to the destination its key routes to (--key userId
+    --by mod: userId mod N); updates that change the key move it; deletes and
+    DDL reach every destination. Documents the rule cannot route are refused
+    before anything is written (or sent to --unrouted I). Runs until committed
+    (POST /api/v1/commit or `mongoferry commit --dst DST0`); resumable.
+    """
+    from mongoferry.infra.config import SplitSettings
+    from mongoferry.jobs.split import run_split
+
+    run_guarded(lambda: run_split(settings_from(ctx, SplitSettings, values)))
+
+
 def status_options(fn: F) -> F:
     opts = [
         click.option("--dst", help=env_help("Destination URI (where the metadata lives by default).", "dst")),

@@ -81,21 +81,24 @@ def common_options(fn: F) -> F:
     return fn
 
 
-def connection_options(verb: str) -> Callable[[F], F]:
-    """--src/--dst/--meta/… and the namespace selection; ``verb`` words the selection help."""
+def connection_options(verb: str, dst_help: str | None = None) -> Callable[[F], F]:
+    """--src/--dst/--meta/… and the namespace selection; ``verb`` words the selection help.
+    With ``dst_help``, --dst is repeatable (one per destination, in order)."""
 
     def decorate(fn: F) -> F:
-        for opt in reversed(_connection_option_list(verb)):
+        for opt in reversed(_connection_option_list(verb, dst_help)):
             fn = opt(fn)
         return fn
 
     return decorate
 
 
-def _connection_option_list(verb: str) -> list[Callable[[F], F]]:
+def _connection_option_list(verb: str, dst_help: str | None) -> list[Callable[[F], F]]:
+    dst = (click.option("--dst", multiple=True, help=env_help(dst_help, "dst")) if dst_help else
+           click.option("--dst", help=env_help("Destination connection string.", "dst")))
     return [
         click.option("--src", help=env_help("Source connection string (mongodb://…).", "src")),
-        click.option("--dst", help=env_help("Destination connection string.", "dst")),
+        dst,
         click.option("--meta", help=env_help("Where progress is kept (default: the destination).", "meta")),
         click.option("--meta-db", help=env_help("Metadata database name (default mongoferry_meta).", "meta_db")),
         click.option("--connect-timeout", type=float,

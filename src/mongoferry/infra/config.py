@@ -38,6 +38,16 @@ def split_list(value: Any) -> Any:
     return value
 
 
+def split_on_spaces(value: Any) -> Any:
+    """For values that hold commas themselves (URIs with several hosts, JSON bounds): an env var
+    or YAML string is split on spaces; a list or repeated flag is kept as given."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MONGOFERRY_", extra="forbid", validate_default=True)
 
@@ -120,6 +130,21 @@ class SyncSettings(CopySettings):
     no_verify: bool = False
     reverse: bool = False
     max_batch: int = Field(1000, ge=1, le=100_000)
+
+
+class SplitSettings(SyncSettings):
+    """`mongoferry split`: sync with N destinations, each document to the part its key routes to."""
+
+    dst: StrList = Field(default_factory=list, description="destinations, in part order")  # type: ignore[assignment]
+    key: StrList = Field(default_factory=list, description="FIELD, or DB.COLL=FIELD for one namespace")
+    by: Literal["mod", "hash", "range"] = "mod"
+    bound: StrList = Field(default_factory=list, description="--by range: the first key of each part after the first")
+    broadcast: StrList = Field(default_factory=list, description="DB or DB.COLL copied whole to every destination")
+    unrouted: int | None = Field(None, ge=0, description="the destination of documents the rule cannot route")
+    explain: bool = False
+
+    _split_lists = field_validator("key", "broadcast", mode="before")(split_list)
+    _space_lists = field_validator("dst", "bound", mode="before")(split_on_spaces)
 
 
 class ReplayOplogSettings(Settings):

@@ -59,9 +59,13 @@ def partition_target(count: int, workers: int, configured: int) -> int:
     return configured
 
 
+Keep = Callable[[str, RawBSONDocument], bool]  # (source namespace, document) → copy it here?
+
+
 class Copier:
     def __init__(self, settings: CopySettings, src: Client, dst: Client, meta: MetaStore,
-                 nsmap: NamespaceMap, reporter: Reporter, stop: threading.Event, kind: str = "copy") -> None:
+                 nsmap: NamespaceMap, reporter: Reporter, stop: threading.Event, kind: str = "copy",
+                 keep: Keep | None = None) -> None:
         self.settings = settings
         self.src = src
         self.dst = dst
@@ -71,6 +75,9 @@ class Copier:
         self.stop = stop
         self.kind = kind
         self.writer = MongoWriter(dst)
+        # A split's share: only the documents this destination owns are written (every document is
+        # still read, so a partition's checkpoint is the last _id read).
+        self.keep = keep
         self.mapping: dict[str, str] = {}
         self.specs: dict[str, CollectionSpec] = {}
         self.resumed = False
@@ -259,13 +266,17 @@ class Copier:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                docs, nbytes = item
+                read, nbytes = item
+                docs = self._kept(p.ns, read)
+                if len(docs) != len(read):
+                    nbytes = sum(len(d.raw) for d in docs)
                 self.throttle.wait(len(docs), nbytes, self.stop)
-                self.writer.insert_copied(dst_ns, docs)
+                if docs:
+                    self.writer.insert_copied(dst_ns, docs)
                 p.docs += len(docs)
                 p.bytes += nbytes
                 if not p.natural:
-                    p.last_id = docs[-1]["_id"]
+                    p.last_id = read[-1]["_id"]
                     p.has_last = True
                 now = time.monotonic()
                 if now - last_checkpoint >= CHECKPOINT_EVERY_S:
@@ -302,6 +313,9 @@ class Copier:
             out.put(None)
         except BaseException as exc:
             out.put(exc)
+
+    def _kept(self, src_ns: str, docs: list[RawBSONDocument]) -> list[RawBSONDocument]:
+        return docs if self.keep is None else [d for d in docs if self.keep(src_ns, d)]
 
     @staticmethod
     def _drain(batches: queue.Queue[Any], reader: threading.Thread) -> None:
@@ -345,9 +359,9 @@ class Copier:
                                             sort=[("_id", 1)]).hint([("_id", 1)]))
             try:
                 for raw in cursor:
-                    docs = bson.decode_all(raw, RAW)
+                    docs = self._kept(src_ns, bson.decode_all(raw, RAW))
                     if docs:
-                        self.throttle.wait(len(docs), len(raw), self.stop)
+                        self.throttle.wait(len(docs), sum(len(d.raw) for d in docs), self.stop)
                         self.writer.insert_copied(dst_ns, docs)
             except OperationFailure as exc:
                 if not namespace_changed(exc):

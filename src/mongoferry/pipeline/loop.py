@@ -24,10 +24,9 @@ from mongoferry.core.errors import HistoryLostError, MongoferryError
 from mongoferry.core.events import Batch, Position
 from mongoferry.infra.clients import is_transient
 from mongoferry.infra.redact import redact
-from mongoferry.pipeline.checkpoint import lowest
+from mongoferry.pipeline.checkpoint import PositionStore, lowest
 from mongoferry.sinks.base import Sink
 from mongoferry.source.capture import Capture, Prefetching, fingerprint, lag_seconds
-from mongoferry.state.meta import MetaStore
 from mongoferry.state.status import JobStatus
 
 log = logging.getLogger("mongoferry.pipeline")
@@ -47,7 +46,7 @@ class Pipeline:
     start: Position
     status: JobStatus
     stop: threading.Event
-    store: MetaStore | None = None  # None: the sinks keep their own positions (Redis)
+    store: PositionStore | None = None  # None: the sinks keep their own positions (Redis)
     route: Router | None = None  # None: every sink gets every batch
     verify_history: Callable[[dict[str, Any] | None], None] | None = None
     on_history_lost: Callable[[HistoryLostError], Position] | None = None  # None: stop the job

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,11 +87,19 @@ class CopyWindowHooks(Protocol):
     def recopy(self, src_ns: str, trigger: Timestamp) -> None: ...
 
 
+class Ownership(Protocol):
+    """A split destination's share (core.routing.Rule for one part): which documents it holds."""
+
+    def owns(self, ns: str, doc: Mapping[str, Any]) -> bool: ...
+    def key_may_change(self, ns: str, update: Mapping[str, Any] | None) -> bool: ...
+
+
 class Applier:
     """The MongoDB sink: applies batches of events to one destination, idempotently."""
 
     def __init__(self, src: Client | None, dst: Client, nsmap: NamespaceMap, *, name: str = "dst",
-                 window: CopyWindowHooks | None = None, use_transactions: bool = True) -> None:
+                 window: CopyWindowHooks | None = None, use_transactions: bool = True,
+                 ownership: Ownership | None = None) -> None:
         self.name = name
         self.src = src  # None: no source to read (oplog files); an irreproducible update is an error
         self.dst = dst
@@ -100,6 +109,9 @@ class Applier:
         # later state) are resolved by reading the source, and DDL may need a namespace copied again.
         self.window = window
         self.use_transactions = use_transactions
+        # A split: each document's final state is written where it is owned and deleted elsewhere,
+        # so an update that changes the key moves the document (deleted here, upserted there).
+        self.ownership = ownership
         self.stats = ApplyStats()
         self._seq = 0
 
@@ -191,7 +203,18 @@ class Applier:
             if not st.lookup:
                 self._simulate(st, current.get(key))
         self._resolve_lookups(states)
+        if self.ownership is not None:
+            self._keep_owned(states.values())
         self._write([st for st in states.values() if st.events or st.lookup], session)
+
+    def _keep_owned(self, states: Iterable[DocState]) -> None:
+        assert self.ownership is not None
+        for st in states:
+            if st.doc is None or self.ownership.owns(st.src_ns, st.doc):
+                continue
+            st.doc = None  # another part's document: not here (deleted if it was here before)
+            # Only inserted in this batch, and not ours: it was never here, nothing to delete.
+            st.touched = not (st.is_new and not st.lookup)
 
     def _needs_lookup(self, e: ChangeEvent) -> bool:
         if e.update_kind == "oplog":
@@ -206,6 +229,10 @@ class Applier:
             elif e.op == "delete":
                 doc = None
             elif e.op == "update":
+                if doc is None and self.ownership is not None and self.ownership.key_may_change(e.ns, e.update):
+                    # Not here, but the update may make it ours: the source's document decides.
+                    st.lookup = True
+                    return
                 if doc is None:
                     # Deleted later on the source, or never copied because it was gone: a later
                     # event (or the lookup of one) decides; an update never creates a document.
