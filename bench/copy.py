@@ -2,7 +2,10 @@
 
 (a) ceiling: a bare pymongo loop reading raw batches from the source and
     insert_many'ing them into an empty destination, same batch size;
-(b) `mongoferry copy --workers 1`; (c) `mongoferry copy --workers N`.
+(b) `mongoferry copy --workers 1`; (c) `mongoferry copy` (the default, --workers auto: it
+measures whether an _id range read is cheap here and picks ranges or whole collections);
+(d) `mongoferry copy --workers N --ranges on` (parallel ranges forced); (e) when `mongodump` and
+`mongorestore` are on PATH, `mongodump --archive | mongorestore --archive`.
 Prints docs/s, the ratio to the ceiling, and the copy process's CPU seconds per
 100k documents. Not a test: run it with `make bench` or `python bench/copy.py`.
 """
@@ -71,7 +74,7 @@ def ceiling(src_uri: str, dst_uri: str, batch: int) -> float:
     return n / elapsed
 
 
-def run_copy(src_uri: str, dst_uri: str, workers: int, batch: int, n: int) -> tuple[float, float]:
+def run_copy(src_uri: str, dst_uri: str, options: list[str], batch: int, n: int) -> tuple[float, float]:
     from pymongo import MongoClient
 
     dst: MongoClient[dict[str, object]] = MongoClient(dst_uri)
@@ -80,7 +83,7 @@ def run_copy(src_uri: str, dst_uri: str, workers: int, batch: int, n: int) -> tu
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "mongoferry", "copy", "--src", src_uri, "--dst", dst_uri,
-                    "--include", "bench", "--rename", "bench=bench_copy", "--workers", str(workers),
+                    "--include", "bench", "--rename", "bench=bench_copy", *options,
                     "--batch-size", str(batch), "--log-format", "text", "--log-level", "warning"],
                    check=True, env=child_env(), stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
@@ -90,6 +93,29 @@ def run_copy(src_uri: str, dst_uri: str, workers: int, batch: int, n: int) -> tu
     assert got == n, f"copied {got} of {n}"
     dst.drop_database("bench_copy")
     return n / elapsed, cpu / n * 100_000
+
+
+def dump_restore(src_uri: str, dst_uri: str, n: int) -> float | None:
+    """mongodump --archive | mongorestore --archive, timed end to end (None without the tools)."""
+    import shutil
+
+    from pymongo import MongoClient
+
+    if not (shutil.which("mongodump") and shutil.which("mongorestore")):
+        return None
+    dst: MongoClient[dict[str, object]] = MongoClient(dst_uri)
+    dst.drop_database("bench_dump")
+    started = time.perf_counter()
+    dump = subprocess.Popen(["mongodump", "--uri", src_uri, "--db", "bench", "--archive", "--quiet"],
+                            stdout=subprocess.PIPE)
+    subprocess.run(["mongorestore", "--uri", dst_uri, "--archive", "--nsFrom", "bench.*", "--nsTo", "bench_dump.*",
+                    "--quiet"], stdin=dump.stdout, check=True)
+    assert dump.wait() == 0
+    elapsed = time.perf_counter() - started
+    got = dst.bench_dump.docs.count_documents({})
+    assert got == n, f"restored {got} of {n}"
+    dst.drop_database("bench_dump")
+    return n / elapsed
 
 
 def main() -> None:
@@ -105,12 +131,21 @@ def main() -> None:
         size = seed(src.uri, args.docs)
         print(f"seeded {args.docs:,} docs of ~{size} bytes; {os.cpu_count()} cores; {platform.python_version()}")
         ceil = ceiling(src.uri, dst.uri, args.batch)
-        w1, cpu1 = run_copy(src.uri, dst.uri, 1, args.batch, args.docs)
-        wn, cpun = run_copy(src.uri, dst.uri, args.workers, args.batch, args.docs)
-        print(f"{'run':<32}{'docs/s':>10}{'ratio':>8}{'cpu s/100k':>12}")
-        print(f"{'(a) ceiling: bare pymongo loop':<32}{ceil:>10,.0f}{1.0:>8.2f}{'':>12}")
-        print(f"{'(b) mongoferry copy --workers 1':<32}{w1:>10,.0f}{w1 / ceil:>8.2f}{cpu1:>12.1f}")
-        print(f"{f'(c) mongoferry copy --workers {args.workers}':<32}{wn:>10,.0f}{wn / ceil:>8.2f}{cpun:>12.1f}")
+        runs = [("(b) mongoferry copy --workers 1", ["--workers", "1"]),
+                ("(c) mongoferry copy (auto)", []),
+                (f"(d) --workers {args.workers} --ranges on", ["--workers", str(args.workers), "--ranges", "on"])]
+        rows = [(name, *run_copy(src.uri, dst.uri, opts, args.batch, args.docs)) for name, opts in runs]
+        dump = dump_restore(src.uri, dst.uri, args.docs)
+        print(f"{'run':<36}{'docs/s':>10}{'ratio':>8}{'cpu s/100k':>12}")
+        print(f"{'(a) ceiling: bare pymongo loop':<36}{ceil:>10,.0f}{1.0:>8.2f}{'':>12}")
+        for name, rate, cpu in rows:
+            print(f"{name:<36}{rate:>10,.0f}{rate / ceil:>8.2f}{cpu:>12.1f}")
+        if dump is None:
+            print("(e) mongodump | mongorestore: not run (mongodump/mongorestore not on PATH)")
+        else:
+            auto = rows[1][1]
+            print(f"{'(e) mongodump | mongorestore':<36}{dump:>10,.0f}{dump / ceil:>8.2f}{'':>12}"
+                  f"  (auto is {auto / dump:.2f}x)")
         print(f"date {dt.date.today()}")
     finally:
         src.stop()

@@ -35,7 +35,7 @@ from mongoferry.infra.logs import resolve_format
 from mongoferry.infra.progress import make_reporter
 from mongoferry.infra.redact import redact
 from mongoferry.infra.runtime import stop_on_signals
-from mongoferry.jobs.sync import CAPTURE_SINK, COMMAND_NOT_FOUND, SyncJob
+from mongoferry.jobs.sync import CAPTURE_SINK, COMMAND_NOT_FOUND, SyncJob, follow
 from mongoferry.pipeline.copier import Copier
 from mongoferry.pipeline.copy_window import CopyWindow
 from mongoferry.pipeline.loop import Pipeline
@@ -191,27 +191,9 @@ class SplitJob:
             return EXIT_OK
         self.status.set(copy_done=True, state="CATCHING_UP")
         pipeline, sinks = self.pipeline()
-        try:
-            while not self.stop.is_set():
-                if any(sync.commit_requested() for sync in self.syncs):
-                    if self.commit(pipeline):
-                        return EXIT_OK
-                    continue
-                if self.status.paused:
-                    self.status.set(state="PAUSED")
-                    self.persist()
-                    self.stop.wait(0.2)
-                    continue
-                batch = pipeline.step()
-                caught_up = batch.idle or (batch.units and self.status.lag < 1.0)
-                events: Any = sum((s.stats.events for s in sinks[1:]), sinks[0].stats.events.copy())
-                self.status.set(events=events)
-                if self.status.state in ("PAUSED", "CATCHING_UP"):
-                    self.status.set(state="RUNNING" if caught_up else "CATCHING_UP")
-                self.persist()
-        finally:
-            pipeline.close()
-            self.persist(force=True)
+        if follow(pipeline, self.status, self.stop, lambda: any(sync.commit_requested() for sync in self.syncs),
+                  self.commit, self.persist, sinks):
+            return EXIT_OK
         log.info("split stopped; run the same command to continue")
         return EXIT_OK
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pymongo
@@ -42,6 +43,33 @@ CAPTURE_SINK = "dst"
 PERSIST_EVERY_S = 1.0
 COUNT_EVERY_S = 5.0
 COUNT_TIMEOUT_S = 3.0
+
+
+def follow(pipeline: Pipeline, status: JobStatus, stop: threading.Event, commit_requested: Callable[[], bool],
+           commit: Callable[[Pipeline], bool], persist: Callable[..., None], sinks: list[Applier]) -> bool:
+    """Follow the source until committed (True) or stopped (False): CATCHING_UP → RUNNING (⇄ PAUSED),
+    a commit when one is asked for (a refused one goes on following)."""
+    try:
+        while not stop.is_set():
+            if commit_requested():
+                if commit(pipeline):
+                    return True
+                continue
+            if status.paused:
+                status.set(state="PAUSED")
+                persist()
+                stop.wait(0.2)
+                continue
+            batch = pipeline.step()
+            caught_up = batch.idle or (batch.units and status.lag < 1.0)
+            status.set(events=sum((s.stats.events for s in sinks[1:]), sinks[0].stats.events.copy()))
+            if status.state in ("PAUSED", "CATCHING_UP"):
+                status.set(state="RUNNING" if caught_up else "CATCHING_UP")
+            persist()
+        return False
+    finally:
+        pipeline.close()
+        persist(force=True)
 
 
 class SyncJob:
@@ -106,26 +134,8 @@ class SyncJob:
         self.window = CopyWindow.load(meta, self.ends.nsmap, job.extra.get("copy_end"), self.copier.copy_namespace)
         applier = Applier(self.ends.src, self.ends.dst, self.ends.nsmap, name=CAPTURE_SINK, window=self.window)
         replayer = self.pipeline(self.ends.src, applier, start)
-        try:
-            while not self.stop.is_set():
-                if self.commit_requested():
-                    if self.commit(replayer):
-                        return self.reverse_phase() if self.s.reverse else EXIT_OK
-                    continue
-                if self.status.paused:
-                    self.status.set(state="PAUSED")
-                    self.persist()
-                    self.stop.wait(0.2)
-                    continue
-                batch = replayer.step()
-                caught_up = batch.idle or (batch.units and self.status.lag < 1.0)
-                self.status.set(events=applier.stats.events.copy())
-                if self.status.state in ("PAUSED", "CATCHING_UP"):
-                    self.status.set(state="RUNNING" if caught_up else "CATCHING_UP")
-                self.persist()
-        finally:
-            replayer.close()
-            self.persist(force=True)
+        if follow(replayer, self.status, self.stop, self.commit_requested, self.commit, self.persist, [applier]):
+            return self.reverse_phase() if self.s.reverse else EXIT_OK
         log.info("sync stopped; run the same command to continue")
         return EXIT_OK
 
