@@ -167,6 +167,8 @@ def test_split_two_ways_live_with_moves_ddl_and_sigkills_converges_and_commits(
     assert holds_exactly_its_share(src, [d0, d1])
     status = run_cli("status", "--dst", d1.uri, "--json")
     assert status.code == 0 and '"COMMITTED"' in status.out, status.text
+    table = run_cli("status", "--dst", d0.uri, "--log-format", "text")
+    assert table.code == 0 and "COMMITTED" in table.out and "part" in table.out, table.text
 
 
 def test_unroutable_documents_are_refused_before_anything_is_written_and_explain_shows_the_plan(

@@ -64,11 +64,14 @@ def run_status(s: StatusSettings, as_json: bool) -> int:
     if events:
         console.print("events " + "  ".join(f"{k} {v:,}" for k, v in events.items()))
     table = Table()
-    for col in ("source", "destination", "source count", "destination count", "delta"):
+    rows = snap.get("namespaces", [])
+    split = any("part" in n for n in rows)  # a split: one row per namespace and destination
+    for col in ("source", *(["part"] if split else []), "destination", "source count", "destination count",
+                "delta"):
         table.add_column(col)
-    for n in snap.get("namespaces", []):
-        table.add_row(n["source"], n["destination"], f"{n['sourceCount']:,}", f"{n['destinationCount']:,}",
-                      str(n["delta"]))
+    for n in rows:
+        table.add_row(n["source"], *([str(n.get("part", ""))] if split else []), n["destination"],
+                      _count(n.get("sourceCount")), _count(n.get("destinationCount")), str(n.get("delta", "")))
     console.print(table)
     if snap.get("lastError"):
         console.print(f"[red]last error:[/] {snap['lastError']}")
@@ -98,3 +101,7 @@ def run_commit(s: StatusSettings, timeout_s: float = 3600, write_block: bool = T
         time.sleep(0.5)
     print("timed out waiting for the commit; the request stays pending")
     return EXIT_UNEXPECTED
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
