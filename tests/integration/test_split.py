@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import bson
+import httpx
 import pytest
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -212,3 +213,24 @@ def test_the_same_deployment_twice_as_destinations_is_refused(
     other_spelling = d0.uri.replace("127.0.0.1", "localhost")
     r = run_cli("split", "--src", src.uri, "--dst", d0.uri, "--dst", other_spelling, "--key", "userId")
     assert r.code == 2 and "same deployment" in r.err, r.text
+
+
+def test_commit_verifies_each_destination_against_its_share_and_refuses_a_difference_counts_miss(
+        three: tuple[EmbeddedServer, EmbeddedServer, EmbeddedServer], harness: Harness) -> None:
+    src, d0, d1 = three
+    seed(src, users=400)
+    split = split_process(harness, src, [d0, d1], *RULE_ARGS, "--no-write-block")
+    split.wait_state("RUNNING", timeout=180)
+    wait_for(lambda: holds_exactly_its_share(src, [d0, d1]), timeout=60, what=split.log_tail)
+    with d1.client() as c:  # same counts, one document changed behind the split's back
+        c.app.users.update_one({"_id": 3}, {"$set": {"name": "tampered"}})
+    r = httpx.post(split.url("/api/v1/commit"), timeout=10)
+    assert r.status_code == 200
+    split.wait_state("COMMIT_FAILED", timeout=120)
+    error = split.progress()["lastError"]
+    assert "destination 1" in error and "1 difference" in error, error
+    with src.client() as c:  # the source changes the document: the split puts it right
+        c.app.users.update_one({"_id": 3}, {"$set": {"name": "fixed"}})
+    wait_for(lambda: holds_exactly_its_share(src, [d0, d1]), timeout=60, what=split.log_tail)
+    split.commit_via_http()
+    assert split.wait_exit(60) == 0

@@ -152,6 +152,9 @@ def split_options(fn: F) -> F:
         click.option("--no-write-block", is_flag=True, default=None,
                      help=env_help("At commit, do not block writes on the source (you stop the writers).",
                                    "no_write_block")),
+        click.option("--no-verify", is_flag=True, default=None,
+                     help=env_help("At commit, skip the verifier's comparison of each destination with its share.",
+                                   "no_verify")),
         click.option("--max-batch", type=int, help=env_help("Events per applied batch (default 1000).", "max_batch")),
     ]
     for opt in reversed(opts):

@@ -76,6 +76,9 @@ class PartOwnership:
     def keep(self, ns: str, doc: RawBSONDocument) -> bool:
         return self.owns(ns, doc)
 
+    def keep_raw(self, ns: str, raw: bytes) -> bool:
+        return self.owns(ns, RawBSONDocument(raw))
+
     def key_may_change(self, ns: str, update: Mapping[str, Any] | None) -> bool:
         return self.rule.key_may_change(ns, update)
 
@@ -219,6 +222,11 @@ class SplitJob:
         if problems:
             return self.commit_failed("each destination must hold exactly its share of the source: "
                                       + "; ".join(problems))
+        if not self.s.no_verify:
+            for i, sync in enumerate(self.syncs):
+                failed = sync.verify_final_state(src_keep=self.ownership[i].keep_raw)
+                if failed:
+                    return self.commit_failed(f"destination {i}: {failed}")
         for e in self.parts:
             e.meta.set_state("committed", commitRequested=False)
         self.release_write_block()

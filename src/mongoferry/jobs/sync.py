@@ -191,7 +191,7 @@ class SyncJob:
         log.info("COMMITTED: the destination holds everything the source wrote; repoint the applications")
         return True
 
-    def verify_final_state(self) -> str | None:
+    def verify_final_state(self, src_keep: Callable[[str, bytes], bool] | None = None) -> str | None:
         """Compare every document and the metadata of both sides; a reason to refuse, or None."""
         from mongoferry.infra.config import VerifySettings
         from mongoferry.verify.oneshot import OneShot
@@ -200,7 +200,7 @@ class SyncJob:
         vs = VerifySettings.model_validate({
             "src": self.s.src, "dst": self.s.dst, "include": self.s.include, "exclude": self.s.exclude,
             "rename": self.s.rename, "meta_db": self.s.meta_db, "workers": self.s.readers, "check_only": True})
-        sink = OneShot(vs, self.ends.src, self.ends.dst, self.ends.nsmap, self.stop).run()
+        sink = OneShot(vs, self.ends.src, self.ends.dst, self.ends.nsmap, self.stop, src_keep=src_keep).run()
         if self.stop.is_set():
             return "stopped during the final verification"
         if sink.total:

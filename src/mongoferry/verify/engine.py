@@ -32,7 +32,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -69,6 +69,9 @@ class Engine:
     ranges_cheap: bool | None = None
     #: Is each side ("src"/"dst") a sharded cluster (mongos)? Probed once per run.
     sharded: dict[str, bool] = field(default_factory=dict)
+    #: Only the source documents this keeps are compared (a split destination's share); the
+    #: destination is read whole, so a document of another part there is a finding.
+    src_keep: Callable[[str, bytes], bool] | None = None
 
     # ------------------------------------------------------------------ documents
     def compare_pair(self, pair: Pair, key: bytes, s_raw: bytes, d_raw: bytes, sink: Sink) -> bool:
@@ -96,9 +99,12 @@ class Engine:
             for batch in handle.find_raw_batches(query, batch_size=BATCH_SIZE):
                 for raw in split_batch(cast(bytes, batch)):
                     key = fast_id_key(raw)
-                    if key in wanted:  # `$in` matches numerically equal values of other types too
+                    if key in wanted and self._kept(client, ns, raw):  # `$in` matches other types' equals too
                         found[key] = raw
         return found
+
+    def _kept(self, client: Client, ns: str, raw: bytes) -> bool:
+        return self.src_keep is None or client is not self.src or self.src_keep(ns, raw)
 
     def compare_keys(self, pair: Pair, keys: Sequence[bytes], filt: Mapping[str, Any] | None,
                      sink: Sink) -> tuple[int, int]:
@@ -131,7 +137,11 @@ class Engine:
                 cursor = cursor.max([("_id", rng.upper)])
         try:
             for batch in cursor:
-                yield split_batch(cast(bytes, batch))
+                docs = split_batch(cast(bytes, batch))
+                if self.src_keep is not None and client is self.src:
+                    docs = [raw for raw in docs if self.src_keep(ns, raw)]
+                if docs:
+                    yield docs
                 if self.stop.is_set():
                     return
         finally:

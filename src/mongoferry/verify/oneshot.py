@@ -204,10 +204,10 @@ class OneShot:
     """One full pass over every pair, in parallel; the result is a :class:`ReportSink`."""
 
     def __init__(self, s: VerifySettings, src: Client, dst: Client, nsmap: NamespaceMap,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, src_keep: Callable[[str, bytes], bool] | None = None) -> None:
         self.s = s
         self.nsmap = nsmap
-        self.engine = Engine(src, dst, s.compare, stop)
+        self.engine = Engine(src, dst, s.compare, stop, src_keep=src_keep)
         self.sink = ReportSink(s.failure_display_size, frozenset(s.index_spec_ignore))
         self.pairs: list[Pair] = []
         self.work = WorkQueue(s.workers, stop)
