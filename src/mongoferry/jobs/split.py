@@ -282,6 +282,7 @@ class SplitJob:
             return
         with contextlib.suppress(PyMongoError), pymongo.timeout(5.0):
             if force or now - self._last_shares >= SHARES_EVERY_S:
+                self._last_shares = now  # a count that times out waits its turn too
                 self.plan()
             if force or now - self.syncs[0]._last_count >= 5.0:
                 self.syncs[0]._last_count = now
