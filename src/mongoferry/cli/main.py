@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -86,8 +87,9 @@ def copy(ctx: click.Context, /, **values: Any) -> None:
     run_guarded(job)
 
 
-def sync_options(fn: F) -> F:
-    opts = [
+def follow_options(no_verify_help: str) -> list[Callable[[F], F]]:
+    """The options of every command that follows the source until a commit (sync, split)."""
+    return [
         click.option("--capture", type=click.Choice(["change-stream", "oplog"]),
                      help=env_help("Change streams (default; works through mongos) or tailing local.oplog.rs.",
                                    "capture")),
@@ -96,8 +98,13 @@ def sync_options(fn: F) -> F:
         click.option("--no-write-block", is_flag=True, default=None,
                      help=env_help("At commit, do not block writes on the source (you stop the writers).",
                                    "no_write_block")),
-        click.option("--no-verify", is_flag=True, default=None,
-                     help=env_help("At commit, skip the final verification.", "no_verify")),
+        click.option("--no-verify", is_flag=True, default=None, help=env_help(no_verify_help, "no_verify")),
+    ]
+
+
+def sync_options(fn: F) -> F:
+    opts = [
+        *follow_options("At commit, skip the final verification."),
         click.option("--reverse", is_flag=True, default=None,
                      help=env_help("After commit keep running, replaying destination → source.", "reverse")),
         click.option("--max-batch", type=int, help=env_help("Events per applied batch (default 1000).", "max_batch")),
@@ -145,16 +152,7 @@ def split_options(fn: F) -> F:
                                    "(default: refuse them).", "unrouted")),
         click.option("--explain", is_flag=True, default=None,
                      help="Print the rule and each namespace's share per destination, then stop (writes nothing)."),
-        click.option("--capture", type=click.Choice(["change-stream", "oplog"]),
-                     help=env_help("Change streams (default) or tailing local.oplog.rs.", "capture")),
-        click.option("--http", help=env_help("Status/control API HOST:PORT, or 'off' (default 127.0.0.1:27182).",
-                                             "http")),
-        click.option("--no-write-block", is_flag=True, default=None,
-                     help=env_help("At commit, do not block writes on the source (you stop the writers).",
-                                   "no_write_block")),
-        click.option("--no-verify", is_flag=True, default=None,
-                     help=env_help("At commit, skip the verifier's comparison of each destination with its share.",
-                                   "no_verify")),
+        *follow_options("At commit, skip the verifier's comparison of each destination with its share."),
         click.option("--max-batch", type=int, help=env_help("Events per applied batch (default 1000).", "max_batch")),
     ]
     for opt in reversed(opts):

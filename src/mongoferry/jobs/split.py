@@ -22,7 +22,7 @@ from typing import Any
 
 import pymongo
 from bson.raw_bson import RawBSONDocument
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, InconsistencyError, UsageError
 from mongoferry.core.events import Position
@@ -35,7 +35,7 @@ from mongoferry.infra.logs import resolve_format
 from mongoferry.infra.progress import make_reporter
 from mongoferry.infra.redact import redact
 from mongoferry.infra.runtime import stop_on_signals
-from mongoferry.jobs.sync import CAPTURE_SINK, COMMAND_NOT_FOUND, SyncJob, follow
+from mongoferry.jobs.sync import CAPTURE_SINK, SyncJob, block_writes, follow
 from mongoferry.pipeline.copier import Copier
 from mongoferry.pipeline.copy_window import CopyWindow
 from mongoferry.pipeline.loop import Pipeline
@@ -206,15 +206,10 @@ class SplitJob:
         block = not self.s.no_write_block and self.status.commit_write_block
         log.info("commit: blocking writes and draining" if block else "commit: draining", extra={"writeBlock": block})
         if block:
-            try:
-                self.src.admin.command({"setUserWriteBlockMode": 1, "global": True})
-                self.write_blocked = True
-            except OperationFailure as exc:
-                if exc.code != COMMAND_NOT_FOUND:
-                    raise
-                return self.commit_failed("the source cannot block writes (setUserWriteBlockMode needs MongoDB "
-                                          "6.0+): stop the writers yourself, then `mongoferry commit "
-                                          "--no-write-block` or POST /api/v1/commit with {\"writeBlock\": false}")
+            refused = block_writes(self.src)
+            if refused:
+                return self.commit_failed(refused)
+            self.write_blocked = True
         pipeline.drain()
         if self.stop.is_set():
             return False

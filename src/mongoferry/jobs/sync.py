@@ -72,6 +72,19 @@ def follow(pipeline: Pipeline, status: JobStatus, stop: threading.Event, commit_
         persist(force=True)
 
 
+def block_writes(src: Client) -> str | None:
+    """Block user writes on the source for a commit; why it cannot, or None once blocked."""
+    try:
+        src.admin.command({"setUserWriteBlockMode": 1, "global": True})
+        return None
+    except OperationFailure as exc:
+        if exc.code != COMMAND_NOT_FOUND:
+            raise
+        return ("the source cannot block writes (setUserWriteBlockMode needs MongoDB 6.0+): stop the application "
+                "writers yourself, then commit without write blocking: `mongoferry commit --no-write-block` or "
+                "POST /api/v1/commit with {\"writeBlock\": false}")
+
+
 class SyncJob:
     def __init__(self, settings: SyncSettings, ends: Endpoints, status: JobStatus, stop: threading.Event) -> None:
         self.s = settings
@@ -160,16 +173,10 @@ class SyncJob:
         block = not self.s.no_write_block and self.status.commit_write_block
         log.info("commit: blocking writes and draining" if block else "commit: draining", extra={"writeBlock": block})
         if block:
-            try:
-                src.admin.command({"setUserWriteBlockMode": 1, "global": True})
-                self.write_blocked = True
-            except OperationFailure as exc:
-                if exc.code != COMMAND_NOT_FOUND:
-                    raise
-                return self.commit_failed("the source cannot block writes (setUserWriteBlockMode needs MongoDB 6.0+): "
-                                          "stop the application writers yourself, then commit without write "
-                                          "blocking: `mongoferry commit --no-write-block` or POST /api/v1/commit "
-                                          "with {\"writeBlock\": false}")
+            refused = block_writes(src)
+            if refused:
+                return self.commit_failed(refused)
+            self.write_blocked = True
         replayer.drain()
         if self.stop.is_set():
             return False
