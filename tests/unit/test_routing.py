@@ -5,11 +5,21 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 from bson.objectid import ObjectId
 
 from mongoferry.core.errors import UsageError
-from mongoferry.core.routing import MISSING, Rule, key_value, parse_rule, stable_hash
+from mongoferry.core.routing import (
+    MISSING,
+    Rule,
+    bson_type,
+    key_value,
+    parse_rule,
+    rule_from_spec,
+    rule_spec,
+    stable_hash,
+)
 
 
 def test_mod_routes_integral_numbers_of_every_type_and_negative_keys_non_negatively() -> None:
@@ -105,3 +115,55 @@ def test_bad_rules_are_refused_with_what_to_do(args: tuple, needle: str) -> None
 def test_describe_names_the_rule() -> None:
     text = parse_rule(2, "mod", ["userId"], [], ["ref"], 0).describe()
     assert "userId mod 2" in text and "ref" in text and "part 0" in text
+
+
+# ---------------------------------------------------------------- prune's view of the rule
+def test_prunable_is_another_parts_document() -> None:
+    rule = Rule(2, "mod", "u")
+    assert rule.prunable(0, "a.b", {"u": 3}) and not rule.prunable(1, "a.b", {"u": 3})
+    assert not rule.prunable(0, "a.b", {"x": 1}), "nobody's document is kept"
+    assert Rule(2, "mod", "u", unrouted=1).prunable(0, "a.b", {"x": 1}), "the unrouted part's document goes"
+    assert not Rule(2, "mod", "u", broadcast=frozenset({"a"})).prunable(0, "a.b", {"u": 3})
+
+
+def test_arrays_are_not_routable() -> None:
+    for by in ("mod", "hash"):
+        assert Rule(2, by, "u").part_of_value([1]) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("value", "type_name"), [
+    (5, "int"), (2**40, "long"), (Int64(5), "long"), (5.0, "double"), ("x", "string"), (True, "bool"),
+    (ObjectId("5f0000000000000000000000"), "objectId"), (dt.datetime(2024, 1, 1), "date"),
+    (Decimal128("5"), "decimal"), ({"a": 1}, "object"), (None, "null"),
+])
+def test_bson_type_names_what_the_server_stores(value: object, type_name: str) -> None:
+    assert bson_type(value) == type_name
+
+
+def test_unchanged_filter_pins_type_and_value() -> None:
+    rule = Rule(2, "mod", "u")
+    assert rule.unchanged_filter("a.b", {"_id": 1, "u": 3}) == {
+        "_id": 1, "u": {"$eq": 3, "$type": "int", "$not": {"$type": "array"}}}
+    assert rule.unchanged_filter("a.b", {"_id": 1}) == {"_id": 1, "u": {"$exists": False}}
+    assert rule.unchanged_filter("a.b", {"_id": 1, "u": None})["u"] == {"$type": "null", "$not": {"$type": "array"}}
+
+
+def test_unchanged_filter_of_a_dotted_key_refuses_arrays_on_the_way() -> None:
+    rule = Rule(2, "mod", "user.id", ns_keys={"x.y": "k"})
+    f = rule.unchanged_filter("a.b", {"_id": "i", "user": {"id": Int64(7)}})
+    assert f == {"_id": "i", "user": {"$not": {"$type": "array"}},
+                 "user.id": {"$eq": Int64(7), "$type": "long", "$not": {"$type": "array"}}}
+    assert rule.unchanged_filter("x.y", {"_id": 2, "k": 1})["k"]["$eq"] == 1, "the namespace's own key"
+
+
+def test_rule_spec_round_trips() -> None:
+    rule = parse_rule(3, "range", ["u", "a.b=c.d"], ["10", '{"$oid": "5f0000000000000000000000"}'], ["ref"], 2)
+    again = rule_from_spec(rule_spec(rule))
+    assert again == rule
+    assert all(again.part_of_value(v) == rule.part_of_value(v) for v in (1, 10, 11, "z"))
+
+
+def test_prune_parts_flag_is_named() -> None:
+    with pytest.raises(UsageError) as err:
+        parse_rule(1, "mod", ["u"], [], [], None, parts_flag="--parts")
+    assert "--parts 1" in err.value.one_line()

@@ -133,23 +133,30 @@ def sync(ctx: click.Context, /, **values: Any) -> None:
     run_guarded(lambda: run_sync(settings_from(ctx, SyncSettings, values)))
 
 
-def split_options(fn: F) -> F:
-    opts = [
+def routing_options(parts_help: str) -> list[Callable[[F], F]]:
+    """The rule's options, shared by split and prune."""
+    return [
         click.option("--key", multiple=True, metavar="FIELD|DB.COLL=FIELD",
                      help=env_help("The routing key: a field or dotted path; DB.COLL=FIELD for one namespace "
                                    "(repeatable).", "key")),
         click.option("--by", type=click.Choice(["mod", "hash", "range"]),
-                     help=env_help("mod (key mod N, the default), hash (sha256 of the key mod N), or range "
-                                   "(--bound values).", "by")),
+                     help=env_help(f"mod (key mod {parts_help}, the default), hash (sha256 of the key mod "
+                                   f"{parts_help}), or range (--bound values).", "by")),
         click.option("--bound", multiple=True, metavar="VALUE",
                      help=env_help("--by range: the first key of each part after the first, in order "
                                    "(extended JSON: 100, '\"m\"', '{\"$date\": \"2024-01-01T00:00:00Z\"}').",
                                    "bound")),
         click.option("--broadcast", multiple=True, metavar="DB|DB.COLL",
-                     help=env_help("Copy this namespace whole to every destination (repeatable).", "broadcast")),
+                     help=env_help("A namespace every part holds whole (repeatable).", "broadcast")),
         click.option("--unrouted", type=int, metavar="I",
-                     help=env_help("Send documents whose key is missing or not routable to destination I "
-                                   "(default: refuse them).", "unrouted")),
+                     help=env_help("The part that takes documents whose key is missing or not routable "
+                                   "(default none: split refuses them, prune keeps them).", "unrouted")),
+    ]
+
+
+def split_options(fn: F) -> F:
+    opts = [
+        *routing_options("N"),
         click.option("--explain", is_flag=True, default=None,
                      help="Print the rule and each namespace's share per destination, then stop (writes nothing)."),
         *follow_options("At commit, skip the verifier's comparison of each destination with its share."),
@@ -179,6 +186,60 @@ def split(ctx: click.Context, /, **values: Any) -> None:
     from mongoferry.jobs.split import run_split
 
     run_guarded(lambda: run_split(settings_from(ctx, SplitSettings, values)))
+
+
+def rule_options(parts_help: str) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        for opt in reversed(routing_options(parts_help)):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+@main.command()
+@click.option("--uri", help=env_help("The deployment to prune.", "uri"))
+@click.option("--meta", help=env_help("Where progress is kept (default: --uri).", "meta"))
+@click.option("--meta-db", help=env_help("Metadata database name (default mongoferry_meta).", "meta_db"))
+@click.option("--job", metavar="NAME", help=env_help("Name of this job in the metadata database (default prune).",
+                                                     "job"))
+@click.option("--connect-timeout", type=float, help=env_help("Seconds to wait for the server (default 10).",
+                                                             "connect_timeout"))
+@click.option("--include", multiple=True, help=env_help("Prune only this DB or DB.COLL (repeatable).", "include"))
+@click.option("--exclude", multiple=True, help=env_help("Leave this DB or DB.COLL alone (repeatable).", "exclude"))
+@rule_options("--parts")
+@click.option("--parts", type=int, help=env_help("How many parts the rule divides the data into.", "parts"))
+@click.option("--keep", type=int, metavar="I", help=env_help("The part this deployment keeps (from 0).", "keep"))
+@click.option("--from-split", metavar="NAME",
+              help=env_help("Reuse the rule of split job NAME (give --meta one of its destinations).", "from_split"))
+@click.option("--rate", type=float, metavar="DOCS/S",
+              help=env_help("Delete at most this many documents per second (default 1000; 0: no limit; "
+                            "POST /api/v1/rate changes it while running).", "rate"))
+@click.option("--window", multiple=True, metavar="HH:MM-HH:MM",
+              help=env_help("Delete only inside this daily window (repeatable; may cross midnight).", "window"))
+@click.option("--timezone", metavar="NAME", help=env_help("Time zone of --window (default UTC).", "timezone"))
+@click.option("--max-lag", type=float, metavar="SECONDS",
+              help=env_help("Wait while a secondary is this far behind (default 10; 0: never).", "max_lag"))
+@click.option("--batch-size", type=int, help=env_help("Documents read per batch (default 1000).", "batch_size"))
+@click.option("--http", help=env_help("Status/control API HOST:PORT with --execute, or 'off' "
+                                      "(default 127.0.0.1:27183).", "http"))
+@click.option("--execute", is_flag=True, default=None, help="Delete. Without it: a dry run that writes nothing.")
+@common_options
+@click.pass_context
+def prune(ctx: click.Context, /, **values: Any) -> None:
+    """Delete from one deployment what a split rule gives to other parts, gently.
+
+    A dry run by default: per namespace, how many documents would go, how long
+    at --rate, and a sample of their _ids. With --execute it deletes, each
+    delete carrying the rule's check so an owned document is never deleted,
+    within --window, waiting for lagging secondaries and a slow server.
+    Resumable: the same command continues; a finished prune run again starts a
+    new pass. Status and rate: /api/v1/progress, /api/v1/rate.
+    """
+    from mongoferry.infra.config import PruneSettings
+    from mongoferry.jobs.prune import run_prune
+
+    run_guarded(lambda: run_prune(settings_from(ctx, PruneSettings, values)))
 
 
 def status_options(fn: F) -> F:

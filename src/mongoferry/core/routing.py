@@ -10,8 +10,11 @@ Rules, for N destinations numbered 0..N-1 in the order of `--dst`:
   bounds compare as MongoDB orders numbers, strings, ObjectIds, booleans and dates (numbers <
   strings < ObjectIds < booleans < dates); a key of another type is not routable.
 A key is a field name or a dotted path into embedded documents. A document whose key is missing,
-null or not routable by the rule belongs to the `unrouted` part when one is given, otherwise to none.
-Broadcast namespaces belong to every part.
+null, an array, or not routable by the rule belongs to the `unrouted` part when one is given,
+otherwise to none. Broadcast namespaces belong to every part.
+`prune` deletes a document only when the rule gives it to another part, and each delete carries
+`unchanged_filter`: it matches only while the key still has the BSON type and value that was read,
+so a document whose key changed in the meantime (perhaps to an owned value) is never deleted.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class Rule:
 
     def part_of_value(self, value: Any) -> int | None:
         """The part a key value routes to, or None when the rule cannot route it."""
-        if value is MISSING or value is None:
+        if value is MISSING or value is None or isinstance(value, list):
             return None
         if self.by == "mod":
             n = _integral(value)
@@ -116,6 +119,34 @@ class Rule:
     def owns(self, part: int, ns: str, doc: Mapping[str, Any]) -> bool:
         return self.is_broadcast(ns) or self.part_of(ns, doc) == part
 
+    def prunable(self, keep: int, ns: str, doc: Mapping[str, Any]) -> bool:
+        """Does the rule give this document to a part other than `keep`? (A document no part takes
+        is nobody else's: kept.)"""
+        if self.is_broadcast(ns):
+            return False
+        owner = self.part_of(ns, doc)
+        return owner is not None and owner != keep
+
+    def unchanged_filter(self, ns: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """A query matching this document only while its key is what `doc` shows: same BSON type,
+        same value, and no array on the way (arrays are not routable, and `$eq` would look inside)."""
+        key = self.key_of(ns)
+        value = key_value(doc, key)
+        query: dict[str, Any] = {"_id": doc["_id"]}
+        if value is MISSING:
+            query[key] = {"$exists": False}
+            return query
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            query[".".join(parts[:i])] = {"$not": {"$type": "array"}}
+        if isinstance(value, list):
+            query[key] = {"$type": "array"}  # any array is unroutable: the same owner
+        elif value is None:
+            query[key] = {"$type": "null", "$not": {"$type": "array"}}
+        else:
+            query[key] = {"$eq": value, "$type": bson_type(value), "$not": {"$type": "array"}}
+        return query
+
     def key_may_change(self, ns: str, update: Mapping[str, Any] | None) -> bool:
         """Could this update (an oplog `o` or a change event's updateDescription) change the key?
         Conservative: True unless every path it names is clear of the key's path."""
@@ -133,6 +164,17 @@ class Rule:
             extra.append("broadcast to every part: " + ", ".join(sorted(self.broadcast)))
         extra.append("unrouted documents: " + (f"part {self.unrouted}" if self.unrouted is not None else "refused"))
         return "; ".join([how, *extra])
+
+
+_TYPE_ALIASES = {1: "double", 2: "string", 3: "object", 4: "array", 5: "binData", 7: "objectId", 8: "bool",
+                 9: "date", 10: "null", 11: "regex", 13: "javascript", 16: "int", 17: "timestamp", 18: "long",
+                 19: "decimal", 127: "maxKey", 255: "minKey"}
+
+
+def bson_type(value: Any) -> str:
+    """The `$type` alias of the BSON type pymongo encodes this value as."""
+    code = bson.encode({"": value})[4]
+    return _TYPE_ALIASES.get(code, str(code))
 
 
 def _overlaps(path: str, key: str) -> bool:
@@ -169,10 +211,12 @@ def _update_paths(u: Mapping[str, Any]) -> list[str] | None:
 
 
 def parse_rule(parts: int, by: str, keys: Sequence[str], bounds: Sequence[str], broadcast: Sequence[str],
-               unrouted: int | None) -> Rule:
+               unrouted: int | None, parts_flag: str = "--dst") -> Rule:
     """Build a rule from the command line; one clear problem per mistake."""
     if parts < 2:
-        raise UsageError(f"split needs at least two --dst, got {parts}", "give one --dst per part, in order")
+        if parts_flag == "--dst":
+            raise UsageError(f"split needs at least two --dst, got {parts}", "give one --dst per part, in order")
+        raise UsageError(f"{parts_flag} {parts}: a rule needs at least two parts", f"give {parts_flag} 2 or more")
     if by not in ("mod", "hash", "range"):
         raise UsageError(f"--by {by!r} is not a rule", "use --by mod, hash or range")
     default = ""
@@ -209,6 +253,20 @@ def parse_rule(parts: int, by: str, keys: Sequence[str], bounds: Sequence[str], 
         raise UsageError(f"--unrouted {unrouted}: there are destinations 0 to {parts - 1}",
                          "give the index of a --dst, counting from 0")
     return Rule(parts, by, default, ns_keys, tuple(parsed_bounds), frozenset(broadcast), unrouted)  # type: ignore[arg-type]
+
+
+def rule_spec(rule: Rule) -> dict[str, Any]:
+    """The rule as its command-line values, saved by split so that prune can reuse it."""
+    from bson import json_util
+
+    keys = ([rule.key] if rule.key else []) + [f"{ns}={k}" for ns, k in sorted(rule.ns_keys.items())]
+    return {"parts": rule.parts, "by": rule.by, "key": keys, "bound": [json_util.dumps(b) for b in rule.bounds],
+            "broadcast": sorted(rule.broadcast), "unrouted": rule.unrouted}
+
+
+def rule_from_spec(spec: Mapping[str, Any]) -> Rule:
+    return parse_rule(int(spec["parts"]), str(spec["by"]), list(spec["key"]), list(spec["bound"]),
+                      list(spec["broadcast"]), spec.get("unrouted"))
 
 
 def _parse_bound(text: str) -> Any:

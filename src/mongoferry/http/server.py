@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mongoferry.core.errors import UsageError
+from mongoferry.state.prune_status import PruneStatus, prune_registry
 from mongoferry.state.status import JobStatus, make_registry
 
 log = logging.getLogger("mongoferry.http")
@@ -61,6 +62,52 @@ def sync_app(status: JobStatus) -> Starlette:
         Route("/api/v1/pause", pause, methods=["POST"]),
         Route("/api/v1/resume", resume, methods=["POST"]),
         Route("/api/v1/commit", commit, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ])
+
+
+def prune_app(status: PruneStatus) -> Starlette:
+    """Progress, the rate limit (read or changed while running), pause and resume of a prune."""
+    registry = prune_registry(status)
+
+    async def progress(request: Request) -> JSONResponse:
+        return JSONResponse(status.snapshot())
+
+    async def rate(request: Request) -> JSONResponse:
+        if request.method == "GET":
+            return JSONResponse({"docsPerSecond": status.rate})
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        value = body.get("docsPerSecond", "missing") if isinstance(body, dict) else "missing"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            return JSONResponse({"success": False, "error": "send {\"docsPerSecond\": N} with N >= 0 "
+                                 "(0 or null: no limit)"}, 400)
+        status.set(rate=float(value) or None if value is not None else None)
+        log.info("prune rate limit changed", extra={"docsPerSecond": status.rate})
+        return JSONResponse({"success": True, "docsPerSecond": status.rate})
+
+    async def pause(request: Request) -> JSONResponse:
+        status.set(paused=True)
+        return JSONResponse({"success": True})
+
+    async def resume(request: Request) -> JSONResponse:
+        status.set(paused=False)
+        return JSONResponse({"success": True})
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True, "state": status.state})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[
+        Route("/api/v1/progress", progress, methods=["GET"]),
+        Route("/api/v1/rate", rate, methods=["GET", "POST"]),
+        Route("/api/v1/pause", pause, methods=["POST"]),
+        Route("/api/v1/resume", resume, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ])

@@ -147,6 +147,36 @@ class SplitSettings(SyncSettings):
     _space_lists = field_validator("dst", "bound", mode="before")(split_on_spaces)
 
 
+class PruneSettings(Settings):
+    """`mongoferry prune`: delete from one deployment what a split rule gives to other parts, gently."""
+
+    uri: str | None = Field(None, description="the deployment to prune")
+    meta: str | None = Field(None, description="where progress is kept (default: --uri)")
+    meta_db: str = "mongoferry_meta"
+    job: str | None = Field(None, pattern=JOB_NAME, description="job name in the metadata (default: prune)")
+    connect_timeout: float = Field(10.0, gt=0)
+    include: StrList = Field(default_factory=list)
+    exclude: StrList = Field(default_factory=list)
+    key: StrList = Field(default_factory=list, description="FIELD, or DB.COLL=FIELD for one namespace")
+    by: Literal["mod", "hash", "range"] = "mod"
+    bound: StrList = Field(default_factory=list)
+    broadcast: StrList = Field(default_factory=list)
+    unrouted: int | None = Field(None, ge=0)
+    parts: int | None = Field(None, description="how many parts the rule divides into")
+    keep: int | None = Field(None, ge=0, description="the part this deployment keeps")
+    from_split: str | None = Field(None, pattern=JOB_NAME, description="reuse this split job's rule (in --meta)")
+    rate: float = Field(1000.0, ge=0, description="documents deleted per second at most (0: no limit)")
+    window: StrList = Field(default_factory=list, description="HH:MM-HH:MM when deleting may run (repeatable)")
+    timezone: str = Field("UTC", description="the time zone of --window")
+    max_lag: float = Field(10.0, ge=0, description="pause while a secondary is this many seconds behind (0: never)")
+    batch_size: int = Field(1000, ge=1, le=100_000, description="documents read per batch")
+    execute: bool = False
+    http: str = Field("127.0.0.1:27183", description="HOST:PORT of the status/control API (--execute), or 'off'")
+
+    _split_lists = field_validator("key", "broadcast", "include", "exclude", "window", mode="before")(split_list)
+    _space_lists = field_validator("bound", mode="before")(split_on_spaces)
+
+
 class ReplayOplogSettings(Settings):
     dst: str | None = None
     oplog_limit: str | None = Field(None, description="SECONDS[:ORDINAL]: apply entries before this time only")

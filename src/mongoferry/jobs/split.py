@@ -27,7 +27,7 @@ from pymongo.errors import PyMongoError
 from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, InconsistencyError, UsageError
 from mongoferry.core.events import Position
 from mongoferry.core.identity import same_deployment
-from mongoferry.core.routing import Rule, parse_rule
+from mongoferry.core.routing import Rule, parse_rule, rule_spec
 from mongoferry.http.server import HttpServer, parse_bind, sync_app
 from mongoferry.infra.clients import deployment_identity, driver_errors
 from mongoferry.infra.config import SplitSettings, SyncSettings
@@ -193,6 +193,8 @@ class SplitJob:
             self.status.set(copy_done=True, state="COMMITTED")
             return EXIT_OK
         self.status.set(copy_done=True, state="CATCHING_UP")
+        for e in self.parts:  # for `prune --from-split`, on every destination
+            e.meta.set_extra(rule=rule_spec(self.rule))
         pipeline, sinks = self.pipeline()
         if follow(pipeline, self.status, self.stop, lambda: any(sync.commit_requested() for sync in self.syncs),
                   self.commit, self.persist, sinks):
