@@ -234,3 +234,14 @@ def test_commit_verifies_each_destination_against_its_share_and_refuses_a_differ
     wait_for(lambda: holds_exactly_its_share(src, [d0, d1]), timeout=60, what=split.log_tail)
     split.commit_via_http()
     assert split.wait_exit(60) == 0
+    # The source becomes part 0: prune reuses the split's rule, saved on every destination.
+    with d1.client() as c:
+        job = c[META_DB].jobs.find_one({"_id": "split.1"})
+        assert job is not None and job["extra"]["rule"]["key"] == ["userId", "app.orders=user"]
+    dry = run_cli("prune", "--uri", src.uri, "--meta", d1.uri, "--from-split", "split", "--keep", "0")
+    assert dry.code == 0, dry.text
+    assert "app.users: 200 of 400 would go" in dry.out and "app.countries:" not in dry.out, dry.out
+    done = run_cli("prune", "--uri", src.uri, "--meta", d1.uri, "--from-split", "split", "--keep", "0",
+                   "--rate", "0", "--execute", "--http", "off")
+    assert done.code == 0 and "prune finished" in done.out, done.text
+    assert contents(src) == expected(src, 0) == contents(d0), "the pruned source holds exactly part 0"

@@ -156,13 +156,13 @@ class Rule:
         paths = _update_paths(update)
         return paths is None or any(_overlaps(p, key) for p in paths)
 
-    def describe(self) -> str:
+    def describe(self, no_unrouted: str = "refused") -> str:
         how = {"mod": f"{self.key} mod {self.parts}", "hash": f"sha256({self.key}) mod {self.parts}",
                "range": f"{self.key} in ranges split at {json.dumps(list(map(str, self.bounds)))}"}[self.by]
         extra = [f"{ns} by {k}" for ns, k in sorted(self.ns_keys.items())]
         if self.broadcast:
             extra.append("broadcast to every part: " + ", ".join(sorted(self.broadcast)))
-        extra.append("unrouted documents: " + (f"part {self.unrouted}" if self.unrouted is not None else "refused"))
+        extra.append("unrouted documents: " + (f"part {self.unrouted}" if self.unrouted is not None else no_unrouted))
         return "; ".join([how, *extra])
 
 

@@ -175,7 +175,7 @@ class PruneJob:
                     self.count(t, batch)
         rate = self.status.rate
         total = sum(t.progress.deleted for t in targets)
-        lines = [f"dry run (nothing deleted): prune keeps part {self.keep} of {self.rule.describe()}"]
+        lines = [f"dry run (nothing deleted): prune keeps part {self.keep} of {self.rule.describe('kept')}"]
         for t in targets:
             p = t.progress
             lines.append(f"  {t.ns}: {p.deleted} of {p.scanned} would go"
@@ -416,7 +416,7 @@ def run_prune(s: PruneSettings) -> int:
             if bind:
                 http = HttpServer(prune_app(status), *bind).start()
             log.info("prune resuming" if resumed else "prune starting",
-                     extra={"rule": rule.describe(), "keep": keep, "rate": s.rate or None,
+                     extra={"rule": rule.describe("kept"), "keep": keep, "rate": s.rate or None,
                             "windows": list(s.window), "maxLag": s.max_lag, "namespaces": len(targets),
                             "http": f"{bind[0]}:{bind[1]}" if bind else "off"})
             with driver_errors("pruning"):
