@@ -143,6 +143,8 @@ def test_prune_under_a_writer_flipping_ownership_never_deletes_an_owned_document
         assert writer.owned_ids(0) <= {d["_id"] for d in c.app.users.find({}, {"_id": 1})}
     third = prune(server, "--keep", "0", "--rate", "0", "--execute")
     assert third.code == 0 and "deleted 0 document(s)" in third.out, third.out
+    shown = run_cli("status", "--dst", server.uri, "--log-format", "text")
+    assert shown.code == 0 and "prune state DONE" in shown.out and "app.users" in shown.out, shown.text
 
 
 def progress(port: int) -> dict[str, Any]:

@@ -53,6 +53,8 @@ def run_status(s: StatusSettings, as_json: bool) -> int:
         print(json.dumps(snap, default=str))
         return EXIT_OK
     console = Console()
+    if doc["kind"] == "prune":
+        return _print_prune(console, snap)
     stale = snap.get("secondsSinceUpdate", 0) > STALE_AFTER_S and snap.get("state") not in ("COMMITTED",)
     console.print(f"[bold]{doc['kind']}[/] state [bold]{snap.get('state')}[/]"
                   f"  canCommit {snap.get('canCommit', False)}  lag {snap.get('lagTimeSeconds', 0)}s"
@@ -101,6 +103,27 @@ def run_commit(s: StatusSettings, timeout_s: float = 3600, write_block: bool = T
         time.sleep(0.5)
     print("timed out waiting for the commit; the request stays pending")
     return EXIT_UNEXPECTED
+
+
+def _print_prune(console: Console, snap: dict[str, Any]) -> int:
+    rate = snap.get("rateLimit")
+    console.print(f"[bold]prune[/] state [bold]{snap.get('state')}[/]"
+                  + (f" (waiting: {snap['waitingFor']})" if snap.get("waitingFor") else "")
+                  + f"  deleted {snap.get('deleted', 0):,}  rate limit {f'{rate:g}/s' if rate else 'none'}"
+                  + f"  average {snap.get('averageRate', 0):g}/s  eta {snap.get('etaSeconds') or '-'}s")
+    table = Table()
+    for col in ("namespace", "documents", "read", "deleted", "kept (key changed)", "kept (no key)", "done"):
+        table.add_column(col)
+    for n in snap.get("namespaces", []):
+        table.add_row(n["ns"], f"{n['estimated']:,}", f"{n['scanned']:,}", f"{n['deleted']:,}",
+                      f"{n['keptChanged']:,}", f"{n['unroutable']:,}", "yes" if n["done"] else "no")
+    console.print(table)
+    pauses = snap.get("pauses", {})
+    if pauses:
+        console.print("pauses " + "  ".join(f"{r} {p['times']}x {p['seconds']}s" for r, p in pauses.items()))
+    if snap.get("lastError"):
+        console.print(f"[red]last error:[/] {snap['lastError']}")
+    return EXIT_OK
 
 
 def _count(n: int | None) -> str:
