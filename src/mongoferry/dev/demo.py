@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -34,8 +33,8 @@ from rich.table import Table
 
 from mongoferry.core.errors import EXIT_INCONSISTENT, EXIT_OK, MongoferryError
 from mongoferry.dev.embedded import child_env, embedded_pair, free_port
-from mongoferry.dev.sample import load_sample, sample_size
-from mongoferry.infra.clients import RAW, Client
+from mongoferry.dev.sample import digest, load_sample, sample_size
+from mongoferry.infra.clients import Client
 from mongoferry.infra.config import CopySettings
 from mongoferry.jobs.copy import run_copy
 
@@ -87,17 +86,6 @@ class LiveWriter(threading.Thread):
             self.client.iot.events.insert_one({"kind": "demo", "n": self.ops})
         if self.ops == 300:
             shop.customers.create_index("visits", name="visits_1_built_live")
-
-
-def digest(client: Client, ns: str) -> tuple[int, str]:
-    """Count and a digest of every document's bytes, in _id order: equal digests = identical data."""
-    db, _, coll = ns.partition(".")
-    h = hashlib.sha256()
-    n = 0
-    for d in client[db].get_collection(coll, codec_options=RAW).find().sort("_id", 1):
-        h.update(d.raw)  # type: ignore[attr-defined]
-        n += 1
-    return n, h.hexdigest()[:16]
 
 
 def progress_view(p: dict[str, Any], writer_ops: int) -> Group:
@@ -184,10 +172,14 @@ def prove_identical(console: Console, src: Client, dst: Client) -> int:
 
 
 def run_demo(docs: int = 200_000, workers: str = "auto", keep: bool = False, log_format: str = "auto",
-             copy_only: bool = False) -> int:
+             copy_only: bool = False, split: bool = False) -> int:
     console = Console(stderr=True)
     root = Path(tempfile.mkdtemp(prefix="mongoferry-demo-"))
     try:
+        if split:
+            from mongoferry.dev.split_demo import run_split_demo
+
+            return run_split_demo(console, root, docs)
         with embedded_pair(root) as (src_server, dst_server):
             console.print(f"[bold]source[/] {src_server.uri}   [bold]destination[/] {dst_server.uri}")
             started = time.monotonic()

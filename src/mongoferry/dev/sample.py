@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from typing import Any
 from bson import Binary, Decimal128, Int64, ObjectId
 from pymongo import ASCENDING, DESCENDING, GEOSPHERE
 
-from mongoferry.infra.clients import Client
+from mongoferry.infra.clients import RAW, Client
 
 CITIES = ["Lisbon", "Oslo", "Lagos", "Lima", "Pune", "Osaka", "Quito", "Perth", "Graz", "Cork"]
 TAGS = ["new", "vip", "churn-risk", "beta", "mobile", "web", "b2b", "trial"]
@@ -116,3 +117,14 @@ def load_sample(client: Client, total_docs: int = 200_000,
     shop.create_collection("big_spenders", viewOn="customers",
                            pipeline=[{"$match": {"tier": "enterprise"}}, {"$project": {"name": 1, "email": 1}}])
     return counts
+
+
+def digest(client: Client, ns: str) -> tuple[int, str]:
+    """Count and a digest of every document's bytes, in _id order: equal digests = identical data."""
+    db, _, coll = ns.partition(".")
+    h = hashlib.sha256()
+    n = 0
+    for d in client[db].get_collection(coll, codec_options=RAW).find().sort("_id", 1):
+        h.update(d.raw)  # type: ignore[attr-defined]
+        n += 1
+    return n, h.hexdigest()[:16]

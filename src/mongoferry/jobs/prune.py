@@ -46,6 +46,7 @@ KIND = "prune"
 SAMPLE = 5
 RETRIES = 3  # rounds of reading again documents whose key changed between the read and the delete
 LAG_EVERY_S = 5.0
+PROGRESS_EVERY_S = 10.0  # a progress line in the log
 CURSOR_NOT_FOUND = 43
 
 
@@ -136,6 +137,7 @@ class PruneJob:
         self._lag = 0.0
         self._lag_known = True
         self._last_persist = 0.0
+        self._last_progress = time.monotonic()
 
     # ------------------------------------------------------------------ plan
     def targets(self) -> list[Target]:
@@ -335,6 +337,11 @@ class PruneJob:
         if force or now - self._last_persist >= 1.0:
             self._last_persist = now
             self.meta.set_extra(status=self.status.snapshot())
+        if now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            snap = self.status.snapshot()
+            log.info("prune progress", extra={k: snap[k] for k in ("deleted", "scanned", "averageRate", "etaSeconds",
+                                                                   "rateLimit", "state")} | {"ns": t.ns})
 
     def load(self, targets: list[Target]) -> list[Target]:
         assert self.meta is not None
