@@ -48,6 +48,7 @@ RETRIES = 3  # rounds of reading again documents whose key changed between the r
 LAG_EVERY_S = 5.0
 PROGRESS_EVERY_S = 10.0  # a progress line in the log
 CURSOR_NOT_FOUND = 43
+DEFAULT_META_DB = "mongoferry_meta"
 
 
 @dataclass
@@ -141,7 +142,9 @@ class PruneJob:
 
     # ------------------------------------------------------------------ plan
     def targets(self) -> list[Target]:
-        nsmap = NamespaceMap.build(self.s.include, self.s.exclude, meta_db=self.s.meta_db)
+        # Any mongoferry metadata database here is left alone, whichever one this job uses.
+        exclude = [*self.s.exclude, *({DEFAULT_META_DB} - {self.s.meta_db})]
+        nsmap = NamespaceMap.build(self.s.include, exclude, meta_db=self.s.meta_db)
         out = []
         with driver_errors("listing the namespaces"):
             for ns in list_namespaces(self.client, nsmap):
@@ -175,9 +178,12 @@ class PruneJob:
             with driver_errors(f"reading {t.ns}"):
                 for batch in scan(self.client[db][coll], t.key, [], self.s.batch_size):
                     self.count(t, batch)
+                    if self.stop.is_set():
+                        break
         rate = self.status.rate
         total = sum(t.progress.deleted for t in targets)
-        lines = [f"dry run (nothing deleted): prune keeps part {self.keep} of {self.rule.describe('kept')}"]
+        lines = [("stopped before the end; " if self.stop.is_set() else "")
+                 + f"dry run (nothing deleted): prune keeps part {self.keep} of {self.rule.describe('kept')}"]
         for t in targets:
             p = t.progress
             lines.append(f"  {t.ns}: {p.deleted} of {p.scanned} would go"
