@@ -199,12 +199,29 @@ def test_unroutable_documents_are_refused_before_anything_is_written_and_explain
     (("--key", "userId", "--by", "range"), "needs 1 --bound"),
     (("--by", "mod"), "needs --key"),
     (("--key", "userId", "--unrouted", "5"), "--unrouted 5"),
+    (("--dst", "mongodb://127.0.0.1:1", "--key", "userId", "--by", "range", "--bound", "10", "--bound", "5"),
+     "are not increasing"),
+    (("--dst", "mongodb://127.0.0.1:1", "--key", "userId", "--by", "range", "--bound", "10", "--bound", "10"),
+     "are not increasing"),
 ])
 def test_bad_split_rules_are_one_line_exit_2(three: tuple[EmbeddedServer, EmbeddedServer, EmbeddedServer],
                                             args: tuple[str, ...], needle: str) -> None:
     src, d0, d1 = three
     r = run_cli("split", "--src", src.uri, "--dst", d0.uri, "--dst", d1.uri, *args)
     assert r.code == 2 and needle in r.err and len(r.err.strip().splitlines()) == 1, r.text
+
+
+def test_one_destination_or_the_source_as_a_destination_is_refused(
+        three: tuple[EmbeddedServer, EmbeddedServer, EmbeddedServer]) -> None:
+    src, d0, _ = three
+    one = run_cli("split", "--src", src.uri, "--dst", d0.uri, "--key", "userId")
+    assert one.code == 2 and "split needs at least two --dst, got 1" in one.err, one.text
+    itself = run_cli("split", "--src", src.uri, "--dst", d0.uri, "--dst", src.uri.replace("127.0.0.1", "localhost"),
+                     "--key", "userId", "--http", "off")
+    assert itself.code == 2 and "same deployment" in itself.err and len(itself.err.strip().splitlines()) == 1, \
+        itself.text
+    with d0.client() as c:
+        assert set(c.list_database_names()) <= {"admin", "config", "local"}, "nothing written"
 
 
 def test_the_same_deployment_twice_as_destinations_is_refused(

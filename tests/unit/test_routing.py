@@ -7,6 +7,8 @@ import datetime as dt
 import pytest
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
+from bson.max_key import MaxKey
+from bson.min_key import MinKey
 from bson.objectid import ObjectId
 
 from mongoferry.core.errors import UsageError
@@ -67,9 +69,25 @@ def test_range_by_bounds_in_mongodb_order() -> None:
     assert [rule.part_of("a.b", {"name": v}) for v in ("apple", "h", "kiwi", "p", "zebra")] == [0, 1, 1, 2, 2]
     assert rule.part_of("a.b", {"name": 5}) == 0, "numbers sort before strings"
     assert rule.part_of("a.b", {"name": {"x": 1}}) is None
+    assert rule.part_of("a.b", {"name": MinKey()}) == 0 and rule.part_of("a.b", {"name": MaxKey()}) == 2
     dated = parse_rule(2, "range", ["at"], ['{"$date": "2024-01-01T00:00:00Z"}'], [], None)
     assert dated.part_of("a.b", {"at": dt.datetime(2023, 5, 1)}) == 0
     assert dated.part_of("a.b", {"at": dt.datetime(2024, 5, 1)}) == 1
+
+
+def test_range_compares_every_numeric_type_as_one_number_line() -> None:
+    rule = parse_rule(3, "range", ["k"], ["0", "100"], [], None)
+    values = [-5, Int64(-1), -0.5, 0, 0.0, Decimal128("0"), 99.999, Decimal128("99.5"), Int64(100), 100.0,
+              Decimal128("1E+3"), float("inf"), float("-inf")]
+    assert [rule.part_of("a.b", {"k": v}) for v in values] == [0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 0]
+    assert rule.part_of("a.b", {"k": float("nan")}) == 0 and rule.part_of("a.b", {"k": Decimal128("NaN")}) == 0
+    assert rule.part_of("a.b", {"k": MinKey()}) == 0 and rule.part_of("a.b", {"k": MaxKey()}) == 2
+    assert rule.part_of("a.b", {"k": "0"}) == 2, "every string sorts after every number"
+
+
+def test_range_bounds_may_be_minkey_or_maxkey() -> None:
+    rule = parse_rule(2, "range", ["k"], ['{"$maxKey": 1}'], [], None)
+    assert rule.part_of("a.b", {"k": "zzz"}) == 0 and rule.part_of("a.b", {"k": MaxKey()}) == 1
 
 
 @pytest.mark.parametrize(("update", "changes"), [

@@ -7,8 +7,9 @@ Rules, for N destinations numbered 0..N-1 in the order of `--dst`:
   numbers are hashed as int64 whatever their BSON type (5, Int64(5) and 5.0 go to one part); any
   other value by its exact BSON encoding (type byte and bytes). The same in every process and version.
 - `range`: N-1 bounds in increasing order; part i holds keys in [bound(i-1), bound(i)). Keys and
-  bounds compare as MongoDB orders numbers, strings, ObjectIds, booleans and dates (numbers <
-  strings < ObjectIds < booleans < dates); a key of another type is not routable.
+  bounds compare as MongoDB orders MinKey, numbers (int32, int64, double, decimal128; NaN lowest),
+  strings, ObjectIds, booleans, dates and MaxKey (in that order): MinKey is in the first part,
+  MaxKey in the last. A key of another type (null, document, array, binary…) is not routable.
 A key is a field name or a dotted path into embedded documents. A document whose key is missing,
 null, an array, or not routable by the rule belongs to the `unrouted` part when one is given,
 otherwise to none. Broadcast namespaces belong to every part.
@@ -23,12 +24,16 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import bson
+from bson.decimal128 import Decimal128
 from bson.int64 import Int64
+from bson.max_key import MaxKey
+from bson.min_key import MinKey
 from bson.objectid import ObjectId
 
 from mongoferry.core.errors import UsageError
@@ -36,7 +41,7 @@ from mongoferry.core.errors import UsageError
 By = Literal["mod", "hash", "range"]
 MISSING: Any = object()
 
-_TYPE_ORDER = {"number": 1, "string": 2, "objectid": 3, "bool": 4, "date": 5}
+_TYPE_ORDER = {"minkey": 0, "number": 1, "string": 2, "objectid": 3, "bool": 4, "date": 5, "maxkey": 9}
 
 
 def key_value(doc: Mapping[str, Any], path: str) -> Any:
@@ -64,7 +69,14 @@ def _ordered(value: Any) -> tuple[int, Any] | None:
     if isinstance(value, bool):
         return _TYPE_ORDER["bool"], value
     if isinstance(value, int | float):
-        return _TYPE_ORDER["number"], value
+        return _TYPE_ORDER["number"], -math.inf if value != value else value  # NaN sorts lowest
+    if isinstance(value, Decimal128):
+        d = value.to_decimal()
+        return _TYPE_ORDER["number"], -math.inf if d.is_nan() else d
+    if isinstance(value, MinKey):
+        return _TYPE_ORDER["minkey"], 0
+    if isinstance(value, MaxKey):
+        return _TYPE_ORDER["maxkey"], 0
     if isinstance(value, str):
         return _TYPE_ORDER["string"], value.encode()  # MongoDB compares strings by their bytes
     if isinstance(value, ObjectId):
