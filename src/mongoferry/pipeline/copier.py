@@ -34,6 +34,7 @@ from mongoferry.infra.config import CopySettings
 from mongoferry.infra.progress import Reporter
 from mongoferry.pipeline.counts import count_rows
 from mongoferry.pipeline.throttle import Throttle
+from mongoferry.sinks.base import CopySink
 from mongoferry.sinks.mongo import MongoWriter
 from mongoferry.source import catalog, partition
 from mongoferry.source.capture import current_time
@@ -65,7 +66,7 @@ Keep = Callable[[str, RawBSONDocument], bool]  # (source namespace, document) â†
 class Copier:
     def __init__(self, settings: CopySettings, src: Client, dst: Client, meta: MetaStore,
                  nsmap: NamespaceMap, reporter: Reporter, stop: threading.Event, kind: str = "copy",
-                 keep: Keep | None = None) -> None:
+                 keep: Keep | None = None, sink: CopySink | None = None) -> None:
         self.settings = settings
         self.src = src
         self.dst = dst
@@ -74,7 +75,8 @@ class Copier:
         self.reporter = reporter
         self.stop = stop
         self.kind = kind
-        self.writer = MongoWriter(dst)
+        # Every write of the copy goes through its sink (MongoDB unless another is given).
+        self.sink: CopySink = sink if sink is not None else MongoWriter(dst)
         # A split's share: only the documents this destination owns are written (every document is
         # still read, so a partition's checkpoint is the last _id read).
         self.keep = keep
@@ -151,12 +153,12 @@ class Copier:
             if spec is None:  # dropped on the source since the selection was resolved
                 continue
             if self.settings.drop_dst:
-                self.writer.drop(dst_ns)
+                self.sink.drop(dst_ns)
             if spec.kind == "view":
-                self.writer.create(dst_ns, spec, view_on=self._mapped_view_on(src_ns, spec))
+                self.sink.create(dst_ns, spec, view_on=self._mapped_view_on(src_ns, spec))
                 self.meta.save_collection(src_ns, {"dst": dst_ns, "spec": spec.to_doc(), "state": "done"})
                 continue
-            self.writer.create(dst_ns, spec)
+            self.sink.create(dst_ns, spec)
             if spec.natural_order:
                 parts = partition.natural(src_ns)
             elif self._use_ranges(spec):
@@ -248,8 +250,8 @@ class Copier:
         spec = CollectionSpec.from_doc(p.ns, coll_doc["spec"])
         if p.natural and (self.resumed or not first_attempt):
             # A natural-order copy has no resume point: start it again on an empty collection.
-            self.writer.drop(dst_ns)
-            self.writer.create(dst_ns, spec)
+            self.sink.drop(dst_ns)
+            self.sink.create(dst_ns, spec)
             self.reporter.advance(p.ns, -p.docs, -p.bytes)
             p.docs = p.bytes = 0
             self.meta.reset_partition(p)
@@ -272,7 +274,7 @@ class Copier:
                     nbytes = sum(len(d.raw) for d in docs)
                 self.throttle.wait(len(docs), nbytes, self.stop)
                 if docs:
-                    self.writer.insert_copied(dst_ns, docs)
+                    self.sink.insert_copied(dst_ns, docs)
                 p.docs += len(docs)
                 p.bytes += nbytes
                 if not p.natural:
@@ -331,7 +333,7 @@ class Copier:
         dst_ns = coll_doc["dst"]
         started = time.monotonic()
         with driver_errors(f"building indexes on {dst_ns}"):
-            self.writer.create_indexes(dst_ns, spec.secondary_indexes())
+            self.sink.create_indexes(dst_ns, spec.secondary_indexes())
             # Everything the source held under this name before this moment was read.
             self.meta.update_collection(ns, state="done", copiedAt=current_time(self.src))
         coll_doc["state"] = "done"
@@ -346,13 +348,13 @@ class Copier:
         reader, in `_id` order). The time after it, before which everything it held was read."""
         with driver_errors(f"copying {src_ns} again"):
             spec = catalog.describe(self.src, src_ns)
-            self.writer.drop(dst_ns)
+            self.sink.drop(dst_ns)
             if spec is None:  # gone again: a later DDL event says where it went
                 return current_time(self.src)
             if spec.kind == "view":
-                self.writer.create(dst_ns, spec, view_on=spec.options.get("viewOn"))
+                self.sink.create(dst_ns, spec, view_on=spec.options.get("viewOn"))
                 return current_time(self.src)
-            self.writer.create(dst_ns, spec)
+            self.sink.create(dst_ns, spec)
             coll: Any = self.src[spec.db].get_collection(spec.name, codec_options=RAW)
             cursor = (coll.find_raw_batches({}, batch_size=self.settings.batch_size) if spec.natural_order else
                       coll.find_raw_batches({}, batch_size=self.settings.batch_size,
@@ -362,13 +364,13 @@ class Copier:
                     docs = self._kept(src_ns, bson.decode_all(raw, RAW))
                     if docs:
                         self.throttle.wait(len(docs), sum(len(d.raw) for d in docs), self.stop)
-                        self.writer.insert_copied(dst_ns, docs)
+                        self.sink.insert_copied(dst_ns, docs)
             except OperationFailure as exc:
                 if not namespace_changed(exc):
                     raise
                 log.warning("namespace changed again while it was copied again; its next DDL event decides",
                             extra={"ns": src_ns})
-            self.writer.create_indexes(dst_ns, spec.secondary_indexes())
+            self.sink.create_indexes(dst_ns, spec.secondary_indexes())
             return current_time(self.src)
 
     # ---------------------------------------------------------------- summary

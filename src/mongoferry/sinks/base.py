@@ -11,10 +11,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bson.raw_bson import RawBSONDocument
+
 from mongoferry.core.events import Batch, Position
+from mongoferry.core.model import CollectionSpec
 
 
 @dataclass
@@ -62,3 +66,20 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class CopySink(Protocol):
+    """Where a copy writes (`pipeline/copier.py`): a MongoDB destination (`sinks/mongo.MongoWriter`)
+    today, an archive next. Each call is idempotent, so a resumed copy may repeat any of them."""
+
+    def create(self, dst_ns: str, spec: CollectionSpec, view_on: str | None = None) -> None:
+        """Prepare a namespace: the collection with its options (or a view); an existing one is kept."""
+
+    def drop(self, dst_ns: str) -> None:
+        """Forget a namespace (a copy started again, or --drop-dst)."""
+
+    def insert_copied(self, dst_ns: str, docs: list[RawBSONDocument]) -> None:
+        """Write one raw batch as read; a document already written (a resumed range) ends as this one."""
+
+    def create_indexes(self, dst_ns: str, specs: Sequence[dict[str, Any]]) -> None:
+        """Finish a namespace: its secondary indexes, once its documents are written."""
