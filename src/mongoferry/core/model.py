@@ -9,6 +9,13 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson.codec_options import DEFAULT_CODEC_OPTIONS, CodecOptions, DatetimeConversion
+
+# Decoded documents keep field order (dict) and survive dates outside datetime's range.
+DECODED: CodecOptions[dict[str, Any]] = DEFAULT_CODEC_OPTIONS.with_options(
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO
+)
+
 
 def utc_now() -> dt.datetime:
     """The time stamps of the metadata database (timezone-aware UTC)."""

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from bson.codec_options import DEFAULT_CODEC_OPTIONS, CodecOptions, DatetimeConversion
+from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.errors import (
@@ -21,6 +21,7 @@ from pymongo.uri_parser import parse_uri
 
 from mongoferry.core.errors import AuthError, ConnectError, MongoferryError, UsageError
 from mongoferry.core.identity import DeploymentIdentity, identity_from_hello
+from mongoferry.core.model import DECODED as DECODED  # re-exported: defined once, in core
 from mongoferry.infra.redact import redact, redact_uri, register_uri
 
 Client = MongoClient[dict[str, Any]]
@@ -28,10 +29,6 @@ T = TypeVar("T")
 
 # Raw BSON on the hot path: documents are never decoded on their way through.
 RAW = CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
-# Decoded documents keep field order (dict) and survive dates outside datetime's range.
-DECODED: CodecOptions[dict[str, Any]] = DEFAULT_CODEC_OPTIONS.with_options(
-    datetime_conversion=DatetimeConversion.DATETIME_AUTO
-)
 
 AUTH_FAILED = 18
 # The one classification of driver errors (by code and label, never by message text).

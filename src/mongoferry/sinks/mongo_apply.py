@@ -19,62 +19,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import bson
 from bson import Timestamp
-from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.client_session import ClientSession
 from pymongo.errors import PyMongoError
 
+from mongoferry.core import apply_plan as plan
+from mongoferry.core.apply_plan import DocState, Key, Ownership
 from mongoferry.core.errors import InconsistencyError
 from mongoferry.core.events import Batch, ChangeEvent, Position
 from mongoferry.core.namespaces import NamespaceMap
-from mongoferry.core.simulate import updated_document
 from mongoferry.infra.clients import DECODED, Client
 from mongoferry.sinks.base import SinkStats
 from mongoferry.sinks.mongo import MongoWriter
 
 log = logging.getLogger("mongoferry.apply")
 
-Key = tuple[str, bytes]  # (destination namespace, encoded {_id})
 MAX_GROUP_EVENTS = 1000  # bounds one destination transaction
-
-
-@dataclass
-class DocState:
-    src_ns: str
-    dst_ns: str
-    doc_id: Any
-    doc: dict[str, Any] | None = None  # the document as it must end, None = deleted
-    lookup: bool = False  # final state comes from reading the source
-    last_seq: int = 0
-    touched: bool = True  # False: an update of a document that is not there — nothing to write
-    events: list[ChangeEvent] = field(default_factory=list)
-
-    @property
-    def is_new(self) -> bool:
-        """Only inserted in this batch: written as an insert (a duplicate becomes a replace)."""
-        return len(self.events) == 1 and self.events[0].op == "insert"
 
 
 @dataclass
 class ApplyStats(SinkStats):
     lookups: int = 0
     missing_for_update: int = 0
-
-
-def _key(dst_ns: str, doc_id: Any) -> Key:
-    return dst_ns, bson.encode({"_id": doc_id})
-
-
-def _as_dict(doc: Any) -> dict[str, Any]:
-    if isinstance(doc, RawBSONDocument):
-        return bson.decode(doc.raw, DECODED)
-    return dict(doc)
 
 
 class CopyWindowHooks(Protocol):
@@ -85,13 +56,6 @@ class CopyWindowHooks(Protocol):
     def looked_up(self, src_ns: str, read_at: Timestamp | None) -> None: ...
     def plan(self, e: ChangeEvent) -> list[str]: ...
     def recopy(self, src_ns: str, trigger: Timestamp) -> None: ...
-
-
-class Ownership(Protocol):
-    """A split destination's share (core.routing.Rule for one part): which documents it holds."""
-
-    def owns(self, ns: str, doc: Mapping[str, Any]) -> bool: ...
-    def key_may_change(self, ns: str, update: Mapping[str, Any] | None) -> bool: ...
 
 
 class Applier:
@@ -177,75 +141,24 @@ class Applier:
 
     # ------------------------------------------------------------------ documents
     def _apply_crud(self, events: list[ChangeEvent], session: ClientSession | None) -> None:
-        states: dict[Key, DocState] = {}
+        """The plan (core/apply_plan), with the reads it needs: the destination's current documents,
+        and the source's where an update cannot be replayed exactly."""
         for e in events:
-            self._seq += 1
             self.stats.events[e.op] += 1
-            dst_ns = self.nsmap.target(e.ns)
-            key = _key(dst_ns, e.doc_id)
-            st = states.setdefault(key, DocState(e.ns, dst_ns, e.doc_id))
-            st.last_seq = self._seq
-            st.events.append(e)
-        # Which documents need the destination's current version, and which the source's.
-        need_dst: dict[str, set[bytes]] = {}
-        for key, st in states.items():
-            definite = False
-            for e in st.events:
-                if e.op in ("insert", "replace", "delete"):
-                    definite = True
-                    st.lookup = st.lookup or (e.op != "delete" and e.document is None)
-                elif self._needs_lookup(e):
-                    st.lookup = True
-                elif not definite:
-                    need_dst.setdefault(st.dst_ns, set()).add(key[1])
-        current = self._read_destination(need_dst, session)
+        states, self._seq = plan.by_document(events, self.nsmap.target, self._seq)
+        current = self._read_destination(plan.reads_needed(states, self._needs_lookup), session)
         for key, st in states.items():
             if not st.lookup:
-                self._simulate(st, current.get(key))
+                self.stats.missing_for_update += plan.simulate(st, current.get(key), self.ownership)
         self._resolve_lookups(states)
         if self.ownership is not None:
-            self._keep_owned(states.values())
-        self._write([st for st in states.values() if st.events or st.lookup], session)
-
-    def _keep_owned(self, states: Iterable[DocState]) -> None:
-        assert self.ownership is not None
-        for st in states:
-            if st.doc is None or self.ownership.owns(st.src_ns, st.doc):
-                continue
-            st.doc = None  # another part's document: not here (deleted if it was here before)
-            # Only inserted in this batch, and not ours: it was never here, nothing to delete.
-            st.touched = not (st.is_new and not st.lookup)
+            plan.keep_owned(states.values(), self.ownership)
+        self._write(plan.final_writes(states.values(), in_transaction=session is not None), session)
 
     def _needs_lookup(self, e: ChangeEvent) -> bool:
         if e.update_kind == "oplog":
             return False  # real oplog diffs are idempotent by design (initial sync relies on it)
         return self.window is not None and self.window.needs_lookup(e.ns, e.position.ts)
-
-    def _simulate(self, st: DocState, base: dict[str, Any] | None) -> None:
-        doc = base
-        for e in st.events:
-            if e.op in ("insert", "replace"):
-                doc = _as_dict(e.document)
-            elif e.op == "delete":
-                doc = None
-            elif e.op == "update":
-                if doc is None and self.ownership is not None and self.ownership.key_may_change(e.ns, e.update):
-                    # Not here, but the update may make it ours: the source's document decides.
-                    st.lookup = True
-                    return
-                if doc is None:
-                    # Deleted later on the source, or never copied because it was gone: a later
-                    # event (or the lookup of one) decides; an update never creates a document.
-                    self.stats.missing_for_update += 1
-                    continue
-                new = updated_document(doc, e)
-                if new is None:
-                    st.lookup = True
-                    return
-                doc = new
-        st.doc = doc
-        st.touched = base is not None or doc is not None or any(e.op == "delete" for e in st.events)
-
 
     def _read_destination(self, need: dict[str, set[bytes]], session: ClientSession | None) -> dict[Key, Any]:
         found: dict[Key, Any] = {}
@@ -254,7 +167,7 @@ class Applier:
             ids = [bson.decode(b)["_id"] for b in encoded_ids]
             for doc in self.dst[db].get_collection(coll, codec_options=DECODED).find(
                     {"_id": {"$in": ids}}, session=session):
-                found[_key(dst_ns, doc["_id"])] = doc
+                found[plan.doc_key(dst_ns, doc["_id"])] = doc
         return found
 
     def _resolve_lookups(self, states: dict[Key, DocState]) -> None:
@@ -271,7 +184,7 @@ class Applier:
             assert self.src is not None
             db, _, coll = src_ns.partition(".")
             with self.src.start_session(causal_consistency=True) as s:
-                docs = {_key(dst_ns, d["_id"]): d for d in self.src[db].get_collection(
+                docs = {plan.doc_key(dst_ns, d["_id"]): d for d in self.src[db].get_collection(
                     coll, codec_options=DECODED).find({"_id": {"$in": [g.doc_id for g in group]}}, session=s)}
                 if self.window is not None:  # what it read may be another collection of that name
                     self.window.looked_up(src_ns, s.operation_time)
@@ -280,25 +193,18 @@ class Applier:
                 # The source's current document already holds this batch's events for it; later events
                 # are replayed onto it, which converges (no "already read" watermark: a read's
                 # operationTime can pass a concurrent write it did not see).
-                st.doc = docs.get(_key(dst_ns, st.doc_id))
+                st.doc = docs.get(plan.doc_key(dst_ns, st.doc_id))
 
-    def _write(self, states: list[DocState], session: ClientSession | None) -> None:
-        by_ns: dict[str, list[DocState]] = {}
-        for st in sorted(states, key=lambda s: s.last_seq):
-            if not st.touched and not st.lookup:
-                continue
-            by_ns.setdefault(st.dst_ns, []).append(st)
-        for dst_ns, group in by_ns.items():
+    def _write(self, writes: dict[str, list[plan.Write]], session: ClientSession | None) -> None:
+        for dst_ns, group in writes.items():
             ops: list[Any] = []
-            for st in group:
-                if st.doc is None:
-                    ops.append(DeleteOne({"_id": st.doc_id}))
-                elif st.is_new and not st.lookup and session is None:
-                    # A duplicate-key error is recovered from, except in a transaction, where any
-                    # write error aborts it: there every write is an upsert.
-                    ops.append(InsertOne(st.doc))
+            for kind, doc_id, doc in group:
+                if kind == "delete":
+                    ops.append(DeleteOne({"_id": doc_id}))
+                elif kind == "insert":
+                    ops.append(InsertOne(doc))
                 else:
-                    ops.append(ReplaceOne({"_id": st.doc_id}, st.doc, upsert=True))
+                    ops.append(ReplaceOne({"_id": doc_id}, doc, upsert=True))
             self.writer.bulk(dst_ns, ops, session=session)
 
     # ------------------------------------------------------------------ transactions
