@@ -23,16 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 from rich.console import Console, Group
-from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mongoferry.core.errors import EXIT_INCONSISTENT, EXIT_OK, MongoferryError
 from mongoferry.dev.embedded import child_env, embedded_pair, free_port
+from mongoferry.dev.live import follow_and_commit
 from mongoferry.dev.sample import digest, load_sample, sample_size
 from mongoferry.infra.clients import Client
 from mongoferry.infra.config import CopySettings
@@ -108,7 +107,6 @@ def progress_view(p: dict[str, Any], writer_ops: int) -> Group:
 def run_live_demo(console: Console, root: Path, src_uri: str, dst_uri: str, src: Client, dst: Client,
                   workers: str) -> int:
     port = free_port()
-    api = f"http://127.0.0.1:{port}/api/v1"
     log = root / "sync.log"
     console.print(f"[bold]$ mongoferry sync --src {src_uri} --dst {dst_uri} --workers {workers} "
                   f"--http 127.0.0.1:{port} --no-write-block[/]   (logs: {log})")
@@ -118,29 +116,8 @@ def run_live_demo(console: Console, root: Path, src_uri: str, dst_uri: str, src:
         proc = subprocess.Popen([sys.executable, "-m", "mongoferry", "sync", "--src", src_uri, "--dst", dst_uri,
                                  "--workers", str(workers), "--http", f"127.0.0.1:{port}", "--no-write-block",
                                  "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT, env=child_env())
-    running_since: float | None = None
-    try:
-        with Live(console=console, refresh_per_second=4) as live:
-            while proc.poll() is None:
-                time.sleep(0.5)
-                try:
-                    p = httpx.get(f"{api}/progress", timeout=2).json()
-                except httpx.HTTPError:
-                    continue
-                live.update(progress_view(p, writer.ops))
-                if p["state"] == "RUNNING":
-                    running_since = running_since or time.monotonic()
-                    if time.monotonic() - running_since > 10 and not writer.stop.is_set():
-                        writer.stop.set()
-                        writer.join()
-                        console.print("writer stopped (the operator's cutover window); committing …")
-                        httpx.post(f"{api}/commit", timeout=5)
-        code = proc.wait()
-    finally:
-        writer.stop.set()
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
+    code = follow_and_commit(console, proc, port, writer, lambda p: progress_view(p, writer.ops),
+                             "writer stopped (the operator's cutover window); committing …")
     console.print(f"sync exited with {code}")
     for line in log.read_text(errors="replace").splitlines():
         if '"commit: ' in line or '"COMMITTED' in line or "verification finding" in line:

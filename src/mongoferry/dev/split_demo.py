@@ -16,18 +16,16 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pymongo.errors import PyMongoError
 from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
 
 from mongoferry.core.errors import EXIT_INCONSISTENT, EXIT_OK
 from mongoferry.dev.embedded import EmbeddedServer, child_env, free_port
+from mongoferry.dev.live import follow_and_commit
 from mongoferry.dev.sample import digest
 from mongoferry.infra.clients import Client
 
@@ -117,7 +115,8 @@ def run_split_demo(console: Console, root: Path, docs: int) -> int:
         writer = MovingWriter(src, users)
         writer.start()
         proc = cli(*args, log=root / "split.log")
-        code = follow_split(console, proc, port, writer)
+        code = follow_and_commit(console, proc, port, writer, lambda p: view(p, writer),
+                                 "writer stopped (the application switches to the parts); committing …")
         console.print(f"split exited with {code}")
         for line in (root / "split.log").read_text(errors="replace").splitlines():
             if '"commit: ' in line or '"COMMITTED' in line or "commit failed" in line:
@@ -141,33 +140,6 @@ def run_split_demo(console: Console, root: Path, docs: int) -> int:
     finally:
         for s in servers:
             s.stop()
-
-
-def follow_split(console: Console, proc: subprocess.Popen[bytes], port: int, writer: MovingWriter) -> int:
-    api = f"http://127.0.0.1:{port}/api/v1"
-    running_since: float | None = None
-    try:
-        with Live(console=console, refresh_per_second=4) as live:
-            while proc.poll() is None:
-                time.sleep(0.5)
-                try:
-                    p = httpx.get(f"{api}/progress", timeout=2).json()
-                except httpx.HTTPError:
-                    continue
-                live.update(view(p, writer))
-                if p["state"] == "RUNNING":
-                    running_since = running_since or time.monotonic()
-                    if time.monotonic() - running_since > 10 and not writer.stop.is_set():
-                        writer.stop.set()
-                        writer.join()
-                        console.print("writer stopped (the application switches to the parts); committing …")
-                        httpx.post(f"{api}/commit", timeout=5)
-        return proc.wait()
-    finally:
-        writer.stop.set()
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
 
 
 def prove(console: Console, src: Client, p0: Client, p1: Client) -> int:

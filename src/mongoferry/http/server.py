@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,6 +20,29 @@ from mongoferry.state.status import JobStatus, make_registry
 log = logging.getLogger("mongoferry.http")
 
 
+class Controlled(Protocol):
+    state: str
+
+    def set(self, **fields: Any) -> None: ...
+
+
+def common_routes(status: Controlled, registry: CollectorRegistry) -> list[Route]:
+    """What every job's API has: resume, health and metrics."""
+
+    async def resume(request: Request) -> JSONResponse:
+        status.set(paused=False)
+        return JSONResponse({"success": True})
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True, "state": status.state})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/api/v1/resume", resume, methods=["POST"]), Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"])]
+
+
 def sync_app(status: JobStatus) -> Starlette:
     registry = make_registry(status)
 
@@ -30,10 +53,6 @@ def sync_app(status: JobStatus) -> Starlette:
         if status.state in ("COMMITTING", "COMMITTED"):
             return JSONResponse({"success": False, "error": f"cannot pause in state {status.state}"}, 409)
         status.set(paused=True)
-        return JSONResponse({"success": True})
-
-    async def resume(request: Request) -> JSONResponse:
-        status.set(paused=False)
         return JSONResponse({"success": True})
 
     async def commit(request: Request) -> JSONResponse:
@@ -51,19 +70,11 @@ def sync_app(status: JobStatus) -> Starlette:
         status.set(commit_requested=True, commit_write_block=write_block, paused=False)
         return JSONResponse({"success": True, "state": "COMMITTING"})
 
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"ok": True, "state": status.state})
-
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
     return Starlette(routes=[
         Route("/api/v1/progress", progress, methods=["GET"]),
         Route("/api/v1/pause", pause, methods=["POST"]),
-        Route("/api/v1/resume", resume, methods=["POST"]),
         Route("/api/v1/commit", commit, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        *common_routes(status, registry),
     ])
 
 
@@ -93,23 +104,11 @@ def prune_app(status: PruneStatus) -> Starlette:
         status.set(paused=True)
         return JSONResponse({"success": True})
 
-    async def resume(request: Request) -> JSONResponse:
-        status.set(paused=False)
-        return JSONResponse({"success": True})
-
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"ok": True, "state": status.state})
-
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
     return Starlette(routes=[
         Route("/api/v1/progress", progress, methods=["GET"]),
         Route("/api/v1/rate", rate, methods=["GET", "POST"]),
         Route("/api/v1/pause", pause, methods=["POST"]),
-        Route("/api/v1/resume", resume, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        *common_routes(status, registry),
     ])
 
 
