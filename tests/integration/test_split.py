@@ -150,6 +150,15 @@ def test_split_two_ways_live_with_moves_ddl_and_sigkills_converges_and_commits(
     split.start()
     split.wait_state("RUNNING", timeout=240)
 
+    # Catch-up: a backlog written while it is down, and a SIGKILL while it replays it.
+    split.kill()
+    time.sleep(3.0)
+    split.start()
+    split.wait_state("CATCHING_UP", "RUNNING", timeout=240)  # killed as soon as it replays again
+    split.kill()
+    split.start()
+    split.wait_state("RUNNING", timeout=240)
+
     writer.stop()
     assert writer.moves > 10, "the writer moved documents between parts"
     wait_for(lambda: holds_exactly_its_share(src, [d0, d1]), timeout=180, what=split.log_tail)
