@@ -196,8 +196,10 @@ def test_rate_limit_holds_and_changes_while_running(server: EmbeddedServer, tmp_
         assert time.monotonic() - started >= 2.0
         snap = progress(port)
         assert snap["rateLimit"] == 100 and snap["deleted"] < 1253
-        bad = httpx.post(f"http://127.0.0.1:{port}/api/v1/rate", json={"docsPerSecond": "fast"}, timeout=5)
-        assert bad.status_code == 400
+        for wrong in ('"fast"', "NaN", "Infinity", "-1"):  # Python's JSON reader accepts NaN and Infinity
+            bad = httpx.post(f"http://127.0.0.1:{port}/api/v1/rate", content=f'{{"docsPerSecond": {wrong}}}',
+                             headers={"content-type": "application/json"}, timeout=5)
+            assert bad.status_code == 400, wrong
         ok = httpx.post(f"http://127.0.0.1:{port}/api/v1/rate", json={"docsPerSecond": 0}, timeout=5)
         assert ok.json() == {"success": True, "docsPerSecond": None}
         assert p.wait(60) == 0, "without a limit the rest goes at once"
@@ -271,6 +273,9 @@ def test_ddl_while_pruning_is_survived(server: EmbeddedServer, tmp_path: Path) -
     (("--key", "userId", "--parts", "2", "--keep", "0", "--window", "9-17"), "--window '9-17' is not HH:MM-HH:MM"),
     (("--key", "userId", "--parts", "2", "--keep", "0", "--timezone", "Mars/Olympus"), "is not a time zone"),
     (("--from-split", "nosuch", "--keep", "0"), "no split job 'nosuch'"),
+    (("--from-split", "s", "--keep", "0", "--by", "hash", "--unrouted", "0"), "it takes no --by, --unrouted"),
+    (("--key", "userId", "--parts", "2", "--keep", "0", "--rate", "inf", "--execute"), "rate"),
+    (("--key", "app.users=userId", "--parts", "2", "--keep", "0", "--execute"), "has no routing key"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_deleted(server: EmbeddedServer, args: tuple[str, ...],
                                                           problem: str) -> None:
@@ -281,3 +286,48 @@ def test_bad_input_is_one_line_exit_2_and_nothing_deleted(server: EmbeddedServer
     assert len(lines) == 1 and lines[0].startswith("error: ") and problem in lines[0], r.err
     with server.client() as c:
         assert c.app.users.count_documents({}) == 52 and "mongoferry_meta" not in c.list_database_names()
+
+
+def test_a_second_rule_on_a_pruned_deployment_is_refused(server: EmbeddedServer) -> None:
+    """Keeping part 0 after a pass that kept part 1 would leave nothing: refused, nothing deleted."""
+    seed(server, users=200)
+    assert prune(server, "--keep", "1", "--rate", "0", "--execute").code == 0
+    with server.client() as c:
+        left = c.app.users.count_documents({})
+    for other in (("--keep", "0"), ("--by", "hash", "--keep", "1")):
+        r = prune(server, *other, "--rate", "0", "--execute")
+        assert r.code == 2 and "pruning with a second rule deletes what the first kept" in r.err, r.text
+        dry = prune(server, *other)
+        assert dry.code == 2, "the dry run says so too"
+    with server.client() as c:
+        assert c.app.users.count_documents({}) == left
+    again = prune(server, "--keep", "1", "--rate", "0", "--execute")
+    assert again.code == 0 and "deleted 0 document(s)" in again.out, "the same rule: a new pass, nothing to do"
+    other_job = prune(server, "--keep", "0", "--rate", "0", "--execute", "--job", "rule2")
+    assert other_job.code == 0, "a deliberate new rule is a new job"
+
+
+def test_an_unreadable_split_rule_is_refused(server: EmbeddedServer) -> None:
+    seed(server, users=20)
+    with server.client() as c:
+        c.mongoferry_meta.jobs.insert_one({"_id": "s.0", "kind": "split", "extra": {"rule": {"parts": "two"}}})
+    r = run_cli("prune", "--uri", server.uri, "--http", "off", "--from-split", "s", "--keep", "0", "--execute")
+    assert r.code == 2 and "its saved rule is unreadable" in r.err and len(r.err.strip().splitlines()) == 1, r.text
+    with server.client() as c:
+        assert c.app.users.count_documents({}) == 22
+
+
+def test_dotted_keys_through_arrays_and_inside_the_id(server: EmbeddedServer) -> None:
+    """`a.b` with `a` an array is unrouted (to --unrouted 0 here: deleted by keep 1); a key inside a
+    compound `_id` routes and deletes by the whole `_id`."""
+    with server.client() as c:
+        c.app.t.insert_many([{"_id": 1, "a": [{"b": 1}]}, {"_id": 2, "a": {"b": 2}}, {"_id": 3, "a": {"b": 3}},
+                             {"_id": 4, "a": 5}, {"_id": 5}])
+        c.app.c.insert_many([{"_id": {"u": i, "n": i * 10}} for i in range(6)])
+    r = run_cli("prune", "--uri", server.uri, "--http", "off", "--key", "a.b", "--key", "app.c=_id.u",
+                "--parts", "2", "--keep", "1", "--unrouted", "0", "--rate", "0", "--execute")
+    assert r.code == 0, r.text
+    with server.client() as c:
+        assert sorted(d["_id"] for d in c.app.t.find()) == [3], "1, 4 and 5 are unrouted (part 0), 2 is even"
+        assert sorted(d["_id"]["u"] for d in c.app.c.find()) == [1, 3, 5]
+    assert "kept (key changed meanwhile)" not in r.out, r.out

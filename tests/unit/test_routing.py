@@ -185,3 +185,19 @@ def test_prune_parts_flag_is_named() -> None:
     with pytest.raises(UsageError) as err:
         parse_rule(1, "mod", ["u"], [], [], None, parts_flag="--parts")
     assert "--parts 1" in err.value.one_line()
+
+
+def test_hash_of_an_integral_double_beyond_int64_is_its_double_encoding() -> None:
+    rule = Rule(2, "hash", "k")
+    assert rule.part_of_value(1e19) == stable_hash(1e19) % 2
+    assert stable_hash(1e19) != stable_hash(Int64(2**63 - 1)) and stable_hash(-1e19) != stable_hash(1e19)
+    assert stable_hash(2.0**62) == stable_hash(Int64(2**62)), "inside int64 every integral type is one value"
+
+
+def test_unchanged_filter_of_a_missing_dotted_key_does_not_look_into_arrays() -> None:
+    rule = Rule(2, "mod", "a.b.c")
+    query = rule.unchanged_filter("x.y", {"_id": 1, "a": [{"b": {"c": 1}}]})
+    present = {"a": {"$type": "object", "$not": {"$type": "array"}},
+               "a.b": {"$type": "object", "$not": {"$type": "array"}}, "a.b.c": {"$exists": True}}
+    assert query == {"_id": 1, "$nor": [present]}
+    assert Rule(2, "mod", "a").unchanged_filter("x.y", {"_id": 1}) == {"_id": 1, "a": {"$exists": False}}

@@ -5,7 +5,8 @@ Rules, for N destinations numbered 0..N-1 in the order of `--dst`:
   k mod N, taken non-negative (-3 mod 2 = 1), as an application computing `((k % n) + n) % n` does.
 - `hash`: the first 8 bytes (big-endian) of SHA-256 over the key's BSON value, mod N. Integral
   numbers are hashed as int64 whatever their BSON type (5, Int64(5) and 5.0 go to one part); any
-  other value by its exact BSON encoding (type byte and bytes). The same in every process and version.
+  other value (and an integral double beyond int64) by its exact BSON encoding (type byte and
+  bytes). The same in every process and version.
 - `range`: N-1 bounds in increasing order; part i holds keys in [bound(i-1), bound(i)). Keys and
   bounds compare as MongoDB orders MinKey, numbers (int32, int64, double, decimal128; NaN lowest),
   strings, ObjectIds, booleans, dates and MaxKey (in that order): MinKey is in the first part,
@@ -86,9 +87,13 @@ def _ordered(value: Any) -> tuple[int, Any] | None:
     return None
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def stable_hash(value: Any) -> int:
     n = _integral(value)
-    encoded = bson.encode({"": Int64(n)}) if n is not None else bson.encode({"": value})
+    # An integral double outside int64 (1e19) has no int64 form: hashed as the double it is.
+    encoded = bson.encode({"": Int64(n)}) if n is not None and n in _INT64 else bson.encode({"": value})
     return int.from_bytes(hashlib.sha256(encoded[4:-1]).digest()[:8], "big")
 
 
@@ -145,10 +150,17 @@ class Rule:
         key = self.key_of(ns)
         value = key_value(doc, key)
         query: dict[str, Any] = {"_id": doc["_id"]}
-        if value is MISSING:
+        parts = key.split(".")
+        if value is MISSING and len(parts) == 1:
             query[key] = {"$exists": False}
             return query
-        parts = key.split(".")
+        if value is MISSING:
+            # Missing as `key_value` reads paths: not (every prefix a single embedded document and the
+            # field there). `{"a.b": {$exists: false}}` alone would look inside an array `a`.
+            present = {".".join(parts[:i]): {"$type": "object", "$not": {"$type": "array"}}
+                       for i in range(1, len(parts))}
+            query["$nor"] = [{**present, key: {"$exists": True}}]
+            return query
         for i in range(1, len(parts)):
             query[".".join(parts[:i])] = {"$not": {"$type": "array"}}
         if isinstance(value, list):

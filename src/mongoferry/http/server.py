@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import Any, Protocol
 
@@ -93,7 +94,8 @@ def prune_app(status: PruneStatus) -> Starlette:
         except ValueError:
             body = None
         value = body.get("docsPerSecond", "missing") if isinstance(body, dict) else "missing"
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value) or value < 0):
             return JSONResponse({"success": False, "error": "send {\"docsPerSecond\": N} with N >= 0 "
                                  "(0 or null: no limit)"}, 400)
         status.set(rate=float(value) or None if value is not None else None)

@@ -165,10 +165,12 @@ class PruneSettings(Settings):
     parts: int | None = Field(None, description="how many parts the rule divides into")
     keep: int | None = Field(None, ge=0, description="the part this deployment keeps")
     from_split: str | None = Field(None, pattern=JOB_NAME, description="reuse this split job's rule (in --meta)")
-    rate: float = Field(1000.0, ge=0, description="documents deleted per second at most (0: no limit)")
+    rate: float = Field(1000.0, ge=0, allow_inf_nan=False,
+                        description="documents deleted per second at most (0: no limit)")
     window: StrList = Field(default_factory=list, description="HH:MM-HH:MM when deleting may run (repeatable)")
     timezone: str = Field("UTC", description="the time zone of --window")
-    max_lag: float = Field(10.0, ge=0, description="pause while a secondary is this many seconds behind (0: never)")
+    max_lag: float = Field(10.0, ge=0, allow_inf_nan=False,
+                           description="pause while a secondary is this many seconds behind (0: never)")
     batch_size: int = Field(1000, ge=1, le=100_000, description="documents read per batch")
     execute: bool = False
     http: str = Field("127.0.0.1:27183", description="HOST:PORT of the status/control API (--execute), or 'off'")

@@ -49,6 +49,7 @@ LAG_EVERY_S = 5.0
 PROGRESS_EVERY_S = 10.0  # a progress line in the log
 CURSOR_NOT_FOUND = 43
 DEFAULT_META_DB = "mongoferry_meta"
+SIMPLE = {"locale": "simple"}  # binary comparison, whatever the collection's default collation
 
 
 @dataclass
@@ -67,16 +68,22 @@ class Target:
 
 def resolve_rule(s: PruneSettings, meta: MetaStore) -> tuple[Rule, int]:
     if s.from_split:
-        if s.key or s.parts is not None:
-            raise UsageError("--from-split reuses a split's rule: it takes no --key or --parts",
-                             "give either --from-split NAME or --key/--by/--parts")
+        given = [f"--{f.replace('_', '-')}" for f in ("key", "parts", "by", "bound", "broadcast", "unrouted")
+                 if f in s.model_fields_set and getattr(s, f) not in (None, [])]
+        if given:
+            raise UsageError(f"--from-split reuses a split's whole rule: it takes no {', '.join(given)}",
+                             "give either --from-split NAME or the rule (--key/--by/--parts...), not both")
         pattern = f"^{re.escape(s.from_split)}\\.[0-9]+$"
         with driver_errors("reading the split's rule"):
             doc = meta.jobs.find_one({"_id": {"$regex": pattern}, "extra.rule": {"$exists": True}})
         if doc is None:
             raise UsageError(f"no split job {s.from_split!r} in the metadata database {s.meta_db!r}",
                              "give --meta the URI of one of that split's destinations (its progress is kept there)")
-        rule = rule_from_spec(doc["extra"]["rule"])
+        try:
+            rule = rule_from_spec(doc["extra"]["rule"])
+        except (KeyError, TypeError, ValueError, UsageError) as exc:
+            raise UsageError(f"split job {s.from_split!r}: its saved rule is unreadable ({exc})",
+                             "give the rule with --key/--by/--parts instead; nothing was deleted") from None
     else:
         if s.parts is None:
             raise UsageError("prune needs --parts N: how many parts the rule divides the data into",
@@ -100,9 +107,14 @@ def same_value(a: Any, b: Any) -> bool:
     return bson.encode({"": a}) == bson.encode({"": b})
 
 
+def projection(key: str) -> dict[str, int]:
+    """`{_id, key}`; a key inside `_id` must not cut the `_id` down to that field."""
+    return {"_id": 1} if key == "_id" or key.startswith("_id.") else {key: 1}
+
+
 def scan(coll: Collection[Any], key: str, last: list[Any], batch: int) -> Iterator[list[dict[str, Any]]]:
     """Batches of `{_id, key}` in `_id` index order, from just after `last` (when given)."""
-    cursor = coll.find({}, {key: 1}, batch_size=batch).hint([("_id", 1)]).sort("_id", 1)
+    cursor = coll.find({}, projection(key), batch_size=batch).hint([("_id", 1)]).sort("_id", 1)
     if last:
         cursor = cursor.min([("_id", last[0])])
     buf: list[dict[str, Any]] = []
@@ -163,9 +175,13 @@ class PruneJob:
     def check_keys(self, targets: list[Target]) -> None:
         """A key no document has is a typo, not an instruction to keep everything: refuse it."""
         for t in targets:
+            if not t.key:
+                raise UsageError(f"{t.ns} has no routing key: --key names other namespaces only",
+                                 f"give --key FIELD for the others, --key {t.ns}=FIELD, --broadcast {t.ns} or "
+                                 f"--exclude {t.ns}; nothing was deleted")
             db, _, coll = t.ns.partition(".")
             with driver_errors(f"reading {t.ns}"):
-                first = list(self.client[db][coll].find({}, {t.key: 1}).limit(self.s.batch_size))
+                first = list(self.client[db][coll].find({}, projection(t.key)).limit(self.s.batch_size))
             if first and not any(self.rule.part_of_value(key_value(d, t.key)) is not None for d in first):
                 raise UsageError(f"{t.ns}: none of its first {len(first)} documents has a key {t.key!r} that "
                                  f"{self.rule.by} can route", f"check --key, or give --key {t.ns}=FIELD, "
@@ -275,11 +291,14 @@ class PruneJob:
         """Delete documents still as read; read the others again and decide again. (deleted, kept)"""
         deleted, kept, pending = 0, 0, docs
         for _ in range(RETRIES):
-            result = coll.bulk_write([DeleteOne(self.rule.unchanged_filter(ns, d)) for d in pending], ordered=False)
+            # Simple collation: a collection's default collation must not make "A" match "a".
+            result = coll.bulk_write([DeleteOne(self.rule.unchanged_filter(ns, d), collation=SIMPLE)
+                                      for d in pending], ordered=False)
             deleted += result.deleted_count
             if result.deleted_count == len(pending):
                 return deleted, kept
-            now = list(coll.find({"_id": {"$in": [d["_id"] for d in pending]}}, {self.rule.key_of(ns): 1}))
+            now = list(coll.find({"_id": {"$in": [d["_id"] for d in pending]}}, projection(self.rule.key_of(ns)),
+                                 collation=SIMPLE))
             still = [d for d in now if self.rule.prunable(self.keep, ns, d)]
             kept += len(now) - len(still)  # their key changed to one this part owns (or nobody's)
             pending = still
@@ -384,20 +403,30 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def start_or_resume(meta: MetaStore, rule: Rule, keep: int) -> bool:
-    """True when an unfinished pass of this job resumes; a new pass starts otherwise."""
+def check_job(meta: MetaStore, rule: Rule, keep: int) -> Job | None:
+    """The saved job, refused when it pruned with another rule: a second rule would delete what the
+    first one kept (together, they keep nothing)."""
     fingerprint = {"rule": rule_spec(rule), "keep": keep}
     with driver_errors("reading the job's progress"):
         job = meta.load_job()
+    if job is not None and (job.kind != KIND or job.fingerprint != fingerprint):
+        what = "a job of another kind" if job.kind != KIND else "a prune with another rule"
+        raise UsageError(f"job {meta.job_name!r} in the metadata database is {what} "
+                         f"({job.fingerprint.get('rule', {})}, keep {job.fingerprint.get('keep')}): pruning with a "
+                         "second rule deletes what the first kept",
+                         "rerun it with the same rule; if the deployment really changes rule, give --job NEW_NAME; "
+                         "nothing was deleted")
+    return job
+
+
+def start_or_resume(meta: MetaStore, rule: Rule, keep: int) -> bool:
+    """True when an unfinished pass of this job resumes; a new pass (same rule) starts otherwise."""
+    job = check_job(meta, rule, keep)
     if job is not None and not job.finished:
-        if job.kind != KIND or job.fingerprint != fingerprint:
-            raise UsageError(f"job {meta.job_name!r} in the metadata database is a {job.kind} with other settings "
-                             f"({job.fingerprint.get('rule', {})}, keep {job.fingerprint.get('keep')})",
-                             "rerun it with the same rule, or give --job NEW_NAME; nothing was deleted")
         return True
-    passes = int(job.extra.get("pass", 0)) if job is not None and job.kind == KIND else 0
+    passes = int(job.extra.get("pass", 0)) if job is not None else 0
     with driver_errors("saving the job"):
-        meta.start_job(Job(kind=KIND, fingerprint=fingerprint, state="running",
+        meta.start_job(Job(kind=KIND, fingerprint={"rule": rule_spec(rule), "keep": keep}, state="running",
                            extra={"pass": passes + 1, "started": utc_now()}))
     return False
 
@@ -421,6 +450,7 @@ def run_prune(s: PruneSettings) -> int:
             targets = job.targets()
             job.check_keys(targets)
             if not s.execute:
+                check_job(meta, rule, keep)
                 print(job.dry_run(targets))
                 return EXIT_OK
             resumed = start_or_resume(meta, rule, keep)
