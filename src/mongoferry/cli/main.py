@@ -332,8 +332,12 @@ def demo(docs: int | None, workers: str, keep: bool, copy_only: bool, split_: bo
 
 
 # Registered last: its heavy imports load only when the command runs.
+from mongoferry.cli.backup import backup_command, restore_command  # noqa: E402
 from mongoferry.cli.publish_redis import publish_redis_command  # noqa: E402
 from mongoferry.cli.verify import verify_command  # noqa: E402
+
+main.add_command(backup_command)
+main.add_command(restore_command)
 
 main.add_command(publish_redis_command)
 main.add_command(verify_command)

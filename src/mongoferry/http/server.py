@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import uvicorn
@@ -77,6 +78,18 @@ def sync_app(status: JobStatus) -> Starlette:
         Route("/api/v1/commit", commit, methods=["POST"]),
         *common_routes(status, registry),
     ])
+
+
+def backup_app(status: JobStatus, describe: Callable[[], dict[str, Any]]) -> Starlette:
+    """A backup's progress: its pipeline's status, and per source its snapshots, chunks and the
+    times it can restore to."""
+    registry = make_registry(status)
+
+    async def progress(request: Request) -> JSONResponse:
+        return JSONResponse({**status.snapshot(), "backup": describe()})
+
+    return Starlette(routes=[Route("/api/v1/progress", progress, methods=["GET"]),
+                             *common_routes(status, registry)])
 
 
 def prune_app(status: PruneStatus) -> Starlette:

@@ -179,6 +179,86 @@ class PruneSettings(Settings):
     _space_lists = field_validator("bound", mode="before")(split_on_spaces)
 
 
+def parse_duration(value: Any) -> Any:
+    """Seconds, or a number with a unit: 90, 90s, 15m, 6h, 7d."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise ValueError(f"expected a duration such as 60s, 15m, 6h or 1d, got {value!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
+def parse_size(value: Any) -> Any:
+    """Bytes, or a number with a unit: 16MB, 1GB, 512KB."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        return int(float(number) * unit)
+    except ValueError:
+        raise ValueError(f"expected a size such as 16MB or 1GB, got {value!r}") from None
+
+
+class BackupSettings(Settings):
+    """`mongoferry backup`: a snapshot, then the oplog in chunks, to a directory or S3."""
+
+    src: StrList = Field(default_factory=list, description="URI, or NAME=URI per shard (repeatable)")
+    to: str | None = Field(None, description="a directory, or s3://BUCKET/PREFIX")
+    once: bool = Field(False, description="one snapshot, archived up to its end, then exit")
+    snapshot_every: float | None = Field(None, description="take a new snapshot this often (e.g. 1d)")
+    chunk: float = Field(60.0, description="cut an oplog chunk at least this often (e.g. 60s)")
+    chunk_size: int = Field(16 * 1024**2, ge=1, description="cut an oplog chunk at this many bytes")
+    compress: Literal["gzip", "zstd", "none"] = "gzip"
+    include: StrList = Field(default_factory=list)
+    exclude: StrList = Field(default_factory=list)
+    workers: int = Field(4, ge=1, le=64, description="collections read at once for a snapshot")
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    connect_timeout: float = Field(10.0, gt=0)
+    http: str = Field("off", description="HOST:PORT of the status API, or 'off'")
+
+    _split = field_validator("include", "exclude", mode="before")(split_list)
+    _space = field_validator("src", mode="before")(split_on_spaces)
+    _duration = field_validator("snapshot_every", "chunk", mode="before")(parse_duration)
+    _size = field_validator("chunk_size", mode="before")(parse_size)
+
+
+class BackupListSettings(Settings):
+    """`mongoferry backup list` and `backup prune`."""
+
+    backup: str | None = Field(None, description="--from: the backup, a directory or s3://BUCKET/PREFIX")
+    keep_days: float | None = Field(None, gt=0, allow_inf_nan=False, description="prune: the restore window")
+    dry_run: bool = False
+
+
+class RestoreSettings(Settings):
+    """`mongoferry restore`: a backup (or a mongodump directory) into a deployment, up to a time."""
+
+    backup: str | None = Field(None, description="--from: the backup, a directory or s3://BUCKET/PREFIX")
+    dst: StrList = Field(default_factory=list, description="URI, or NAME=URI per shard of a cluster backup")
+    to_time: str | None = Field(None, description="ISO 8601 or SECONDS:ORDINAL (inclusive); default: the latest")
+    include: StrList = Field(default_factory=list)
+    exclude: StrList = Field(default_factory=list)
+    rename: StrList = Field(default_factory=list)
+    drop: bool = False
+    dry_run: bool = False
+    workers: int = Field(4, ge=1, le=64, description="namespaces restored at once")
+    connect_timeout: float = Field(10.0, gt=0)
+
+    _split = field_validator("include", "exclude", "rename", mode="before")(split_list)
+    _space = field_validator("dst", mode="before")(split_on_spaces)
+
+
 class ReplayOplogSettings(Settings):
     dst: str | None = None
     oplog_limit: str | None = Field(None, description="SECONDS[:ORDINAL]: apply entries before this time only")

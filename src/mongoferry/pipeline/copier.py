@@ -38,7 +38,7 @@ from mongoferry.sinks.base import CopySink
 from mongoferry.sinks.mongo import MongoWriter
 from mongoferry.source import catalog, partition
 from mongoferry.source.capture import current_time
-from mongoferry.state.meta import Job, MetaStore
+from mongoferry.state.meta import CopyState, Job
 
 log = logging.getLogger("mongoferry.copy")
 
@@ -64,9 +64,9 @@ Keep = Callable[[str, RawBSONDocument], bool]  # (source namespace, document) â†
 
 
 class Copier:
-    def __init__(self, settings: CopySettings, src: Client, dst: Client, meta: MetaStore,
+    def __init__(self, settings: CopySettings, src: Client, dst: Client | None, meta: CopyState,
                  nsmap: NamespaceMap, reporter: Reporter, stop: threading.Event, kind: str = "copy",
-                 keep: Keep | None = None, sink: CopySink | None = None) -> None:
+                 keep: Keep | None = None, sink: CopySink | None = None, whole: bool = False) -> None:
         self.settings = settings
         self.src = src
         self.dst = dst
@@ -76,7 +76,13 @@ class Copier:
         self.stop = stop
         self.kind = kind
         # Every write of the copy goes through its sink (MongoDB unless another is given).
-        self.sink: CopySink = sink if sink is not None else MongoWriter(dst)
+        if sink is None:
+            assert dst is not None, "a copy writes to a MongoDB destination unless given another sink"
+            sink = MongoWriter(dst)
+        self.sink: CopySink = sink
+        # Whole collections (a backup's snapshot): each read in one pass in $natural order, and read
+        # again from its start after a restart (an archive file cannot be resumed in its middle).
+        self.whole = whole
         # A split's share: only the documents this destination owns are written (every document is
         # still read, so a partition's checkpoint is the last _id read).
         self.keep = keep
@@ -106,8 +112,7 @@ class Copier:
                 raise UsageError(
                     f"the metadata database holds an unfinished {existing.kind} with a different "
                     f"selection or source ({_describe_fp(existing.fingerprint)})",
-                    "rerun with the original options to resume it, or drop the metadata database "
-                    f"'{self.meta.db.name}' to start over",
+                    f"rerun with the original options to resume it, or drop {self.meta.location} to start over",
                 )
             self.resumed = True
             self.job = existing
@@ -118,7 +123,7 @@ class Copier:
                 spec = catalog.describe(self.src, ns)
                 if spec is not None:
                     self.specs[ns] = spec
-        if not self.resumed and not self.settings.drop_dst:
+        if not self.resumed and not self.settings.drop_dst and self.dst is not None:
             with driver_errors("checking the destination"):
                 for dst_ns in self.mapping.values():
                     why = catalog.holds_data(self.dst, dst_ns)
@@ -159,7 +164,7 @@ class Copier:
                 self.meta.save_collection(src_ns, {"dst": dst_ns, "spec": spec.to_doc(), "state": "done"})
                 continue
             self.sink.create(dst_ns, spec)
-            if spec.natural_order:
+            if spec.natural_order or self.whole:
                 parts = partition.natural(src_ns)
             elif self._use_ranges(spec):
                 target = partition_target(spec.count, self.settings.readers, self.settings.partition_docs)
@@ -377,6 +382,7 @@ class Copier:
     def counts(self) -> list[dict[str, Any]]:
         """Source and destination counts per namespace (metadata counts: cheap on MongoDB at any size,
         some compatible servers scan); `mongoferry verify` is the exact proof."""
+        assert self.dst is not None
         with driver_errors("counting documents"):
             return count_rows(self.src, self.dst, self.mapping)
 

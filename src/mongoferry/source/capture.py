@@ -57,6 +57,13 @@ def current_time(client: Client) -> Timestamp:
     return ts
 
 
+def newest_oplog_time(client: Client) -> Timestamp:
+    """The newest entry of the oplog: everything a read made after this call returned reflects
+    the writes up to it (the time mongodump --oplog records as the end of its dump)."""
+    newest = client.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})
+    return newest["ts"] if newest is not None else current_time(client)
+
+
 def lag_seconds(wall: Any) -> float:
     if not isinstance(wall, dt.datetime):
         return 0.0

@@ -16,7 +16,7 @@ destination, and a sink's position only after the sink applied everything before
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo import ASCENDING, ReplaceOne
 from pymongo.collection import Collection
@@ -46,6 +46,24 @@ class Job:
 class SavedPosition:
     position: Position
     last_event: dict[str, Any] | None = None  # {ts, ns, id}: the last change the sink applied
+
+
+class CopyState(Protocol):
+    """What a copy (pipeline/copier.py) keeps of its progress: a MetaStore in a MongoDB database,
+    or, for a backup, the snapshot's own progress object beside its files (state/snapshot_progress)."""
+
+    @property
+    def location(self) -> str: ...
+    def load_job(self) -> Job | None: ...
+    def start_job(self, job: Job) -> None: ...
+    def set_state(self, state: str, **extra: Any) -> None: ...
+    def save_collection(self, ns: str, doc: dict[str, Any]) -> None: ...
+    def update_collection(self, ns: str, **fields: Any) -> None: ...
+    def load_collections(self) -> list[dict[str, Any]]: ...
+    def save_partitions(self, ns: str, parts: list[Partition]) -> None: ...
+    def load_partitions(self) -> list[Partition]: ...
+    def checkpoint_partition(self, p: Partition) -> None: ...
+    def reset_partition(self, p: Partition) -> None: ...
 
 
 class Scoped:
@@ -90,6 +108,10 @@ class MetaStore:
         self.partitions = Scoped(self.db["partitions"], job)
         self.checkpoints = Scoped(self.db["checkpoints"], job)
         self.recopies = Scoped(self.db["recopies"], job)
+
+    @property
+    def location(self) -> str:
+        return f"the metadata database '{self.db.name}'"
 
     def job_names(self) -> list[str]:
         return sorted(str(d["_id"]) for d in self.jobs.find({}, {"_id": 1}))

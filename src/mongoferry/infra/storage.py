@@ -1,0 +1,198 @@
+"""Where a backup lives: one small interface, a local directory and S3-compatible object storage.
+
+Every put is atomic: a reader sees the whole object or none (a local file is written beside its
+name and renamed over it; an S3 object exists only once its upload, multipart or not, completes).
+Keys are `/`-separated paths relative to the backup's root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from mongoferry.core.errors import UsageError
+
+TMP_DIR = ".tmp"  # a local backup's files being written; never a key
+
+
+class Storage(Protocol):
+    url: str
+
+    def put(self, key: str, data: bytes) -> None: ...
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a local file under `key` (the file is consumed: moved or deleted)."""
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is none."""
+    def get_file(self, key: str, path: Path) -> None: ...
+    def list(self, prefix: str = "") -> list[str]:
+        """Every key under `prefix`, sorted."""
+    def delete(self, key: str) -> None: ...
+    def spool(self) -> Path:
+        """A local directory for files on their way to `put_file`."""
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def spool(self) -> Path:
+        path = self.root / TMP_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.spool())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        self.put_file(key, Path(tmp))
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("rb+") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(path, target)
+        _fsync_dir(target.parent)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def get_file(self, key: str, path: Path) -> None:
+        shutil.copyfile(self._path(key), path)
+
+    def list(self, prefix: str = "") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        keys = []
+        for path in self.root.rglob("*"):
+            rel = path.relative_to(self.root).as_posix()
+            if path.is_file() and not rel.startswith(TMP_DIR + "/") and rel.startswith(prefix):
+                keys.append(rel)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class S3Storage:
+    """Any S3-compatible server: endpoint and credentials from the usual AWS variables
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION / AWS_DEFAULT_REGION)."""
+
+    def __init__(self, bucket: str, prefix: str, url: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = url
+        self.client: Any = boto3.client(
+            "s3", region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            config=Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"}))
+        self._spool = Path(tempfile.mkdtemp(prefix="mongoferry-spool-"))
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def spool(self) -> Path:
+        self._spool.mkdir(parents=True, exist_ok=True)
+        return self._spool
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        try:
+            self.client.upload_file(str(path), self.bucket, self._key(key))  # multipart when large
+        finally:
+            path.unlink(missing_ok=True)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey:
+            return None
+        data: bytes = reply["Body"].read()
+        return data
+
+    def get_file(self, key: str, path: Path) -> None:
+        self.client.download_file(self.bucket, self._key(key), str(path))
+
+    def list(self, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=self._key(prefix)):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def open_storage(url: str, option: str, create: bool = False) -> Storage:
+    """A directory path, or s3://BUCKET[/PREFIX]. A directory is created when `create`."""
+    if url.startswith("s3://"):
+        parsed = urlparse(url)
+        if not parsed.netloc:
+            raise UsageError(f"{option} {url!r} names no bucket", "write s3://BUCKET/PREFIX")
+        return S3Storage(parsed.netloc, parsed.path, url)
+    if "://" in url:
+        raise UsageError(f"{option} {url!r} is neither a directory nor s3://BUCKET/PREFIX",
+                         "give a local directory path or an s3:// URL")
+    root = Path(url)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{option} {url} exists and is not a directory", "give a directory for the backup")
+    if not create and not root.is_dir():
+        raise UsageError(f"{option} {url} does not exist", "give the directory the backup was written to")
+    return LocalStorage(root)
+
+
+class Prefixed:
+    """One part of a storage: a shard's archive inside a cluster backup (`<root>/<NAME>/…`)."""
+
+    def __init__(self, inner: Storage, prefix: str) -> None:
+        self.inner = inner
+        self.prefix = prefix.strip("/") + "/"
+        self.url = f"{inner.url.rstrip('/')}/{self.prefix.rstrip('/')}"
+
+    def put(self, key: str, data: bytes) -> None:
+        self.inner.put(self.prefix + key, data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.inner.put_file(self.prefix + key, path)
+
+    def get(self, key: str) -> bytes | None:
+        return self.inner.get(self.prefix + key)
+
+    def get_file(self, key: str, path: Path) -> None:
+        self.inner.get_file(self.prefix + key, path)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return [k[len(self.prefix):] for k in self.inner.list(self.prefix + prefix)]
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(self.prefix + key)
+
+    def spool(self) -> Path:
+        return self.inner.spool()
