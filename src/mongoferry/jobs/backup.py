@@ -244,7 +244,7 @@ class SourceBackup:
             if not copier.copy():
                 return
             with driver_errors("reading the source's cluster time"):
-                # Every read of the snapshot saw the writes up to the newest oplog entry (none after its start: its start)
+                # Every read saw the writes up to the newest oplog entry (its start, if none came after)
                 end = max(cap.newest_oplog_time(self.client), run.snapshot.start)
             run.snapshot.end = end
             run.snapshot.namespaces = len(copier.mapping)
