@@ -402,14 +402,11 @@ def test_oplog_capture_converges_under_a_writer(servers: tuple[EmbeddedServer, E
     seed_app(src, users=3000, orders=150)
     writer = harness.writer(src, seed=9).start()
     sync = harness.sync(src, dst, "--no-write-block", "--capture", "oplog", "--batch-size", "20", "--workers", "1")
-    # SecantusDB defect, not mongoferry's: a tailable cursor on local.oplog.rs opened while writes are in
-    # flight skips some of the entries written around its first getMore. The capture opens its cursor when
-    # the copy ends, so the writer holds still across that moment; it writes during the copy and after.
+    # SecantusDB shows oplog holes: a tailable cursor catching up with writes in flight passes entries
+    # that appear behind it; the capture reads fresh ranges again (source/capture.py, SETTLE_S). The
+    # writer keeps writing across that moment.
     wait_for(lambda: sync.copied() >= 1500, timeout=120, interval=0.02)
-    writer.pause()
     sync.wait_state("RUNNING", timeout=120)
-    time.sleep(1)
-    writer.resume()
     with src.client() as c:
         c.app.users.create_index([("v", 1), ("n", 1)], name="v_n")
     wait_for(lambda: writer.has_done_everything() and writer.total() >= 400, timeout=120,

@@ -57,6 +57,8 @@ def test_a_gap_ends_the_range_and_is_reported_with_its_bounds() -> None:
     assert m.ranges()[0].end == T(110)
     with pytest.raises(ValueError, match="gap"):
         m.plan(T(118))
+    with pytest.raises(ValueError, match="gap"):
+        m.plan(None)  # the latest time is past the gap: not quietly an older one
 
 
 def test_a_time_outside_every_range_names_the_range() -> None:

@@ -83,8 +83,16 @@ class LocalStorage:
         return sorted(keys)
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+            path.unlink()
+        for parent in path.parents:  # a directory left empty goes too (as a prefix does on S3)
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 def _fsync_dir(path: Path) -> None:

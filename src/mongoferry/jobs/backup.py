@@ -190,7 +190,7 @@ class SourceBackup:
         """Write the manifest of a new backup (its start: the oplog is archived from here on)."""
         if self.manifest.start is None:
             with driver_errors("reading the source's cluster time"):
-                start = cap.current_time(self.client)
+                start = cap.newest_oplog_time(self.client)
             self.manifest.start = self.manifest.covered = start
             self.manifest.save(self.storage)
             log.info("backup starting", extra={"source": self.name or "-", "to": self.storage.url,
@@ -213,7 +213,7 @@ class SourceBackup:
     def start_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None:
             with driver_errors("reading the source's cluster time"):
-                start = cap.current_time(self.client)  # before the listing: every later change is archived
+                start = cap.newest_oplog_time(self.client)  # before the listing: every later change is archived
             snap = Snapshot(id=snapshot_id(start), start=start)
             with self.manifest.lock:
                 self.manifest.snapshots.append(snap)

@@ -391,6 +391,16 @@ def _oplog_batch_position(assembler: TransactionAssembler, last_ts: Timestamp) -
     return Timestamp(pending.time, pending.inc - 1) if pending.inc else Timestamp(pending.time - 1, 0)
 
 
+# An entry read this soon after it was written may have neighbours still being committed, which
+# appear in the oplog after the cursor passed their place (a hole): such entries wait, then their
+# time range is read again and that read is what the capture hands on. (MongoDB's oplog visibility
+# rules prevent holes for tailable cursors; SecantusDB shows them, a few entries per thousand, just
+# as a cursor catches up with the writes; they appear within milliseconds. The re-read costs one
+# range query per VERIFY_EVERY_S while the capture is at the live end.)
+SETTLE_S = 0.25
+VERIFY_EVERY_S = 0.25
+
+
 class OplogCapture:
     """Tails local.oplog.rs of a replica-set member: exact oplog entries, in order (kept on the batch)."""
 
@@ -400,29 +410,73 @@ class OplogCapture:
         self.await_ms = await_ms
         self.assembler = TransactionAssembler()
         self.cursor = open_oplog(client, start.ts, await_ms=await_ms)
-        self.last_ts = start.ts
+        self.last_ts = start.ts  # the newest entry read from the cursor
+        self.emitted_ts = start.ts  # the newest entry handed on
+        self.held: list[tuple[dict[str, Any], float, bool]] = []  # entry, when it may go, fresh when read
+        self._verified_at = 0.0
 
     def next_batch(self, max_events: int) -> Batch:
         batch = Batch()
         deadline = time.monotonic() + MAX_BATCH_WAIT_S
-        while batch.events < max_events and (not batch.units or time.monotonic() < deadline):
+        drained = False
+        while len(self.held) < max_events and time.monotonic() < deadline:
             if not self.cursor.alive:
                 self.cursor = open_oplog(self.client, self.last_ts, await_ms=self.await_ms)
             entry = next_entry(self.cursor, self.last_ts)
             if entry is None:
-                batch.idle = True
-                batch.units.extend(self.assembler.flush())
+                drained = True
                 break
             self.last_ts = entry["ts"]
+            now = time.monotonic()
+            fresh = _is_fresh(entry)
+            self.held.append((entry, now + SETTLE_S if fresh else now, fresh))
+        for entry in self._settled(max_events):
+            self.emitted_ts = entry["ts"]
             batch.entries.append(entry)
             batch.units.extend(self.assembler.feed(entry))
+        if drained and not self.held:
+            batch.idle = True
+            batch.units.extend(self.assembler.flush())
         if batch.units or batch.idle:
-            safe = _oplog_batch_position(self.assembler, self.last_ts)
+            safe = _oplog_batch_position(self.assembler, self.emitted_ts)
             batch.position = Position(safe) if safe > self.start.ts or batch.units else None
         return batch
 
+    def _settled(self, limit: int) -> list[dict[str, Any]]:
+        """The held entries that may go now, in order; a run that was fresh when read is replaced by
+        a second read of its time range (holes filled)."""
+        now = time.monotonic()
+        ready = 0
+        while ready < len(self.held) and ready < limit and self.held[ready][1] <= now:
+            ready += 1
+        if ready == 0:
+            return []
+        if not any(fresh for _, _, fresh in self.held[:ready]):
+            out = [e for e, _, _ in self.held[:ready]]
+            del self.held[:ready]
+            return out
+        if now - self._verified_at < VERIFY_EVERY_S and ready < len(self.held):
+            return []
+        upto = self.held[ready - 1][0]["ts"]
+        reread = list(self.client.local["oplog.rs"].find(
+            {"ts": {"$gt": self.emitted_ts, "$lte": upto}}).sort("$natural", 1))
+        self._verified_at = now
+        if len(reread) > ready:
+            log.info("oplog entries appeared behind the cursor; read again",
+                     extra={"entries": len(reread) - ready, "upTo": f"{upto.time}:{upto.inc}"})
+        del self.held[:ready]
+        return reread
+
     def close(self) -> None:
         self.cursor.close()
+
+
+def _is_fresh(entry: Mapping[str, Any]) -> bool:
+    wall = entry.get("wall")
+    if not isinstance(wall, dt.datetime):
+        return True
+    when = wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)
+    return (dt.datetime.now(dt.UTC) - when).total_seconds() < 1.0
 
 
 # ------------------------------------------------------------------ oplog files

@@ -198,8 +198,8 @@ class Manifest:
         if not ranges:
             raise ValueError("the backup holds no restorable snapshot yet (the first snapshot is not complete, "
                              "or its oplog is not archived past its end)")
-        if target is None:
-            return max(ranges, key=lambda r: (r.end, r.start))
+        if target is None:  # the latest time archived; a gap before it is refused, not skipped quietly
+            target = self.covered or max(r.end for r in ranges)
         usable = [r for r in ranges if r.start <= target <= r.end]
         if usable:
             return max(usable, key=lambda r: r.start)  # the newest snapshot: the least to replay

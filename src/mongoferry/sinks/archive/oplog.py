@@ -40,6 +40,7 @@ class OplogArchiveSink:
         self.pending_bytes = 0
         self.oldest_at: float | None = None  # monotonic time the oldest pending entry arrived
         self.reach: Timestamp | None = None  # cut as soon as the handed position reaches this
+        self._at_newest: set[bytes] = set()  # the entries kept at the newest pending time
         self.handed: Timestamp | None = None  # the last position the pipeline handed (never inside a txn)
         self._stats = SinkStats()
         self._last_cover = time.monotonic()
@@ -60,9 +61,15 @@ class OplogArchiveSink:
         saved = self.saved
         for entry in batch.entries:
             ts = entry["ts"]
-            if ts <= saved or (self.pending and ts <= self.pending[-1][0]):
+            newest = self.pending[-1][0] if self.pending else saved
+            if ts < newest or ts <= saved:
                 continue  # read again after a reopen: already kept or stored
             data = encode_entry(entry)
+            if ts == newest and data in self._at_newest:
+                continue  # (some servers write several entries at one time: one per operation of a transaction)
+            if ts != newest:
+                self._at_newest = set()
+            self._at_newest.add(data)
             self.pending.append((ts, data))
             self.pending_bytes += len(data)
             if self.oldest_at is None:
