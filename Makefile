@@ -9,7 +9,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
-.PHONY: demo test install redis lint unit integration bench lock clean
+.PHONY: demo test install redis s3 lint unit integration bench lock clean
 
 # uv itself, pinned, in a venv of its own (pip is the only thing a fresh machine has).
 $(UV):
@@ -33,6 +33,20 @@ redis:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# The S3-compatible server the storage tests start (s3s-fs from crates.io, built once per machine,
+# pinned; ~3.5 min cold). Needs cargo (rustup.rs) on the machine.
+S3S_FS_VERSION := 0.14.1
+S3S_FS_ROOT    := $(HOME)/.cache/mongoferry/s3s-fs-$(S3S_FS_VERSION)
+S3S_FS         := $(S3S_FS_ROOT)/bin/s3s-fs
+export MONGOFERRY_S3S_FS := $(S3S_FS)
+
+$(S3S_FS):
+	@command -v cargo >/dev/null 2>&1 || { echo "the S3 tests need cargo to build s3s-fs: install it from https://rustup.rs"; exit 2; }
+	@echo "building s3s-fs $(S3S_FS_VERSION) from crates.io (once per machine)"
+	cargo install s3s-fs --version $(S3S_FS_VERSION) --locked --features binary --root $(S3S_FS_ROOT) --quiet
+
+s3: $(S3S_FS)
+
 demo: install
 	$(VENV)/bin/mongoferry demo
 
@@ -41,7 +55,7 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: install redis lint
+test: install redis s3 lint
 	$(PY) -m pytest -q
 
 unit: install

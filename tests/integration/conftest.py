@@ -111,3 +111,54 @@ def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.05) -> Non
 
 def base_env() -> dict[str, str]:
     return {"PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "")}
+
+
+S3S_FS = os.environ.get("MONGOFERRY_S3S_FS") or str(Path.home() / ".cache/mongoferry/s3s-fs-0.14.1/bin/s3s-fs")
+S3_KEY, S3_SECRET = "mongoferry-test", "s3-Secret-Key!"
+
+
+@dataclass
+class S3Server:
+    """s3s-fs, a real S3-compatible server (signatures checked, data on disk), as a process."""
+
+    endpoint: str
+    proc: subprocess.Popen[bytes]
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                "AWS_REGION": "us-east-1"}
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_KEY,
+                            aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+
+
+@pytest.fixture
+def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    from mongoferry.dev.embedded import free_port
+
+    if not Path(S3S_FS).is_file():
+        raise RuntimeError(f"{S3S_FS} is missing: `make s3` builds it (make test does)")
+    root = tmp_path / "s3"
+    root.mkdir()
+    port = free_port()
+    with (tmp_path / "s3.log").open("ab") as log:
+        proc = subprocess.Popen([S3S_FS, "--host", "127.0.0.1", "--port", str(port), "--access-key", S3_KEY,
+                                 "--secret-key", S3_SECRET, str(root)], stdout=log, stderr=subprocess.STDOUT)
+    server = S3Server(f"http://127.0.0.1:{port}", proc)
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)  # for in-process storage code; the CLI gets server.env()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            server.client().create_bucket(Bucket="backups")
+            break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.1)
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -24,7 +24,7 @@ import pytest
 from bson import Timestamp
 
 from mongoferry.dev.embedded import EmbeddedServer
-from tests.integration.conftest import RAW, raw_docs, run_cli, start_cli, user_namespaces, wait_for
+from tests.integration.conftest import RAW, S3Server, raw_docs, run_cli, start_cli, user_namespaces, wait_for
 
 Model = dict[str, dict[bytes, bytes]]
 
@@ -515,3 +515,46 @@ def test_a_password_never_appears_in_the_output(tmp_path: Path, auth_server: Emb
 
 
 
+
+
+def test_backup_to_s3_survives_sigkill_and_restores(tmp_path: Path, s3: S3Server) -> None:
+    env = s3.env()
+    url = "s3://backups/prod/rs0"
+
+    def s3_manifest() -> dict[str, Any]:
+        try:
+            body = s3.client().get_object(Bucket="backups", Key="prod/rs0/manifest.json")["Body"].read()
+        except Exception:
+            return {"snapshots": [], "chunks": [], "covered": Timestamp(0, 0)}
+        return bson.json_util.loads(body)
+
+    with EmbeddedServer(tmp_path / "src", extra_args=["--sync-on-commit"]).start() as src, \
+            EmbeddedServer(tmp_path / "dst").start() as dst:
+        seed(src, docs=3000)
+        args = ("backup", "--src", src.uri, "--to", url, "--chunk", "1s", "--log-format", "json")
+        proc = start_cli(*args, env=env, log=tmp_path / "backup.log")
+        halt = threading.Event()
+        writer = _busy_writer(src, halt)
+        try:
+            wait_for(lambda: any(s["state"] == "complete" for s in s3_manifest()["snapshots"]), timeout=120)
+            wait_for(lambda: len(s3_manifest()["chunks"]) >= 2, timeout=60)
+            proc.kill()
+            proc.wait()
+            proc = start_cli(*args, env=env, log=tmp_path / "backup.log")
+            time.sleep(2)
+            halt.set()
+            writer.join(timeout=30)
+            with src.client() as c:
+                last = newest(c)
+            wait_for(lambda: s3_manifest()["covered"] >= last, timeout=60)
+            stop(proc)
+        finally:
+            halt.set()
+        m = s3_manifest()
+        for before, after in itertools.pairwise(m["chunks"]):
+            assert after["after"] == before["until"]
+        listing = run_cli("backup", "list", "--from", url, env=env)
+        assert listing.code == 0 and "restorable:" in listing.out, listing.text
+        result = run_cli("restore", "--from", url, "--dst", dst.uri, env=env)
+        assert result.code == 0, result.text
+        assert differences(state(dst), state(src)) == []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from mongoferry.core.errors import UsageError
+from mongoferry.core.errors import AuthError, ConnectError, UsageError
 
 TMP_DIR = ".tmp"  # a local backup's files being written; never a key
 
@@ -114,10 +114,34 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = url
-        self.client: Any = boto3.client(
+        self.client: Any = boto3.session.Session().client(  # a session of its own: the environment as it is now
             "s3", region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-            config=Config(retries={"max_attempts": 8, "mode": "standard"}, s3={"addressing_style": "path"}))
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"},
+                          connect_timeout=5, read_timeout=60))
         self._spool = Path(tempfile.mkdtemp(prefix="mongoferry-spool-"))
+
+    def check(self) -> None:
+        """Reach the bucket once, so a wrong endpoint, credential or bucket is one clear line."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise AuthError(f"no credentials for {self.url}", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                            "(and AWS_ENDPOINT_URL for a server other than AWS)") from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise UsageError(f"bucket {self.bucket!r} does not exist ({self.url})",
+                                 "create it first, or give another s3://BUCKET/PREFIX") from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise AuthError(f"access to {self.url} was refused ({code})",
+                                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy") from None
+            raise ConnectError(f"the S3 server refused {self.url} ({code})", "check AWS_ENDPOINT_URL") from None
+        except BotoCoreError as exc:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL", "AWS")
+            raise ConnectError(f"cannot reach the S3 endpoint {endpoint} for {self.url}: {type(exc).__name__}",
+                               "check AWS_ENDPOINT_URL and that the server is running") from None
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -164,7 +188,9 @@ def open_storage(url: str, option: str, create: bool = False) -> Storage:
         parsed = urlparse(url)
         if not parsed.netloc:
             raise UsageError(f"{option} {url!r} names no bucket", "write s3://BUCKET/PREFIX")
-        return S3Storage(parsed.netloc, parsed.path, url)
+        storage = S3Storage(parsed.netloc, parsed.path, url)
+        storage.check()
+        return storage
     if "://" in url:
         raise UsageError(f"{option} {url!r} is neither a directory nor s3://BUCKET/PREFIX",
                          "give a local directory path or an s3:// URL")
