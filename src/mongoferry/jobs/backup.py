@@ -14,7 +14,6 @@ log) and a new one taken at once. Drops and re-creations need nothing: the oplog
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -82,7 +81,7 @@ def snapshot_entries(storage: Storage, manifest: Manifest, after: Timestamp, unt
     """The archived oplog entries with `after` < ts <= `until`, in order."""
     out = []
     for chunk in manifest.chunks:
-        if chunk.until <= after or chunk.after >= until:
+        if chunk.until <= after or chunk.after >= until or not chunk.key:
             continue
         data = storage.get(chunk.key)
         if data is None:
@@ -372,25 +371,36 @@ def _cluster_doc(names: list[str]) -> bytes:
 
 
 def _follow(settings: BackupSettings, backups: list[SourceBackup], status: JobStatus, stop: threading.Event) -> int:
-    """Step every source's pipeline in turn until stopped (or, with --once, every snapshot is complete)."""
-    try:
-        while not stop.is_set():
-            for backup in backups:
+    """Each source's pipeline in a thread of its own, until stopped (or, with --once, until every
+    source's snapshot is complete and archived to its end)."""
+    errors: list[BaseException] = []
+
+    def follow(backup: SourceBackup) -> None:
+        try:
+            while not stop.is_set() and not (settings.once and backup.completed):
                 backup.step()
-            status.set(state="SNAPSHOT" if any(b.run is not None for b in backups) else "ARCHIVING",
-                       lag=max(b.status.lag for b in backups))
-            if settings.once and all(b.completed for b in backups):
-                for backup in backups:
-                    backup.flush()
-                log.info("backup complete (--once)", extra={"to": settings.to})
-                return EXIT_OK
-        for backup in backups:
-            with contextlib.suppress(Exception):
-                backup.flush()
-        log.info("backup stopped; the same command continues it")
-        return EXIT_OK if not settings.once else EXIT_UNEXPECTED
-    except UsageError:
-        raise
+            backup.flush()
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=follow, args=(b,), name=f"backup-{b.name or 'source'}", daemon=True)
+               for b in backups]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        status.set(state="SNAPSHOT" if any(b.run is not None for b in backups) else "ARCHIVING",
+                   lag=max(b.status.lag for b in backups), sinks={b.name or "archive": b.sink.stats.snapshot()
+                                                                for b in backups if b.sink is not None})
+        for thread in threads:
+            thread.join(timeout=0.5)
+    if errors:
+        raise errors[0]
+    if settings.once and all(b.completed for b in backups):
+        log.info("backup complete (--once)", extra={"to": settings.to})
+        return EXIT_OK
+    log.info("backup stopped; the same command continues it")
+    return EXIT_UNEXPECTED if settings.once else EXIT_OK
 
 
 def describe(backups: list[SourceBackup]) -> dict[str, Any]:

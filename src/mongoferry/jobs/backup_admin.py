@@ -46,7 +46,7 @@ def run_list(settings: BackupListSettings) -> int:
             why = f" — {s.reason}" if s.reason else ""
             print(f"  snapshot {s.id}: {s.state}, started {ts_text(s.start)}{end}, {what}{why}")
         size = sum(c.bytes for c in m.chunks)
-        print(f"  oplog: {len(m.chunks)} chunk(s), {sum(c.entries for c in m.chunks)} entries, {size} bytes, "
+        print(f"  oplog: {sum(1 for c in m.chunks if c.key)} chunk(s), {sum(c.entries for c in m.chunks)} entries, {size} bytes, "
               f"archived up to {ts_text(m.covered) if m.covered else '-'}")
         for gap in m.gaps():
             print(f"  GAP in the oplog archive {gap.describe()}")
@@ -93,6 +93,7 @@ def run_prune_backup(settings: BackupListSettings) -> int:
             for key in storage.list(snapshot_key(s.id, "")):
                 storage.delete(key)
         for c in chunks:
-            storage.delete(c.key)
+            if c.key:
+                storage.delete(c.key)
         log.info("backup pruned", extra={"source": name or "-", "snapshots": len(snapshots), "chunks": len(chunks)})
     return EXIT_OK

@@ -110,8 +110,9 @@ class Plan:
     def describe(self) -> list[str]:
         lines = [f"{self.label}: snapshot {self.snapshot or '(mongodump directory)'}, {len(self.files)} namespace(s)"
                  + (f", about {self.documents} document(s)" if self.documents else "")]
-        if self.chunks:
-            lines.append(f"  oplog: {len(self.chunks)} chunk(s) from {self.chunks[0].key} to {self.chunks[-1].key}, "
+        files = [c for c in self.chunks if c.key]
+        if files:
+            lines.append(f"  oplog: {len(files)} chunk(s) from {files[0].key} to {files[-1].key}, "
                          f"{sum(c.entries for c in self.chunks)} entries, replayed after "
                          f"{ts_text(self.start) if self.start else 'the start'} up to "
                          f"{ts_text(self.target) if self.target else 'the end'}")
@@ -174,7 +175,7 @@ def _plan_dump(storage: Storage, label: str, target: Timestamp | None) -> Plan:
 def fetch_oplog(plan: Plan, into: Path) -> list[Path]:
     """Every chunk the plan replays, checked and decompressed into local BSON files."""
     paths = []
-    for i, chunk in enumerate(plan.chunks):
+    for i, chunk in enumerate(c for c in plan.chunks if c.key):  # an empty span has no file
         data = plan.storage.get(chunk.key)
         if data is None:
             raise UsageError(f"{plan.label}: oplog chunk {chunk.key} is listed in the manifest but missing",

@@ -414,6 +414,7 @@ class OplogCapture:
         self.emitted_ts = start.ts  # the newest entry handed on
         self.held: list[tuple[dict[str, Any], float, bool]] = []  # entry, when it may go, fresh when read
         self._verified_at = 0.0
+        self._probe: tuple[Timestamp, float] | None = None  # the cluster time, and when it was read
 
     def next_batch(self, max_events: int) -> Batch:
         batch = Batch()
@@ -434,13 +435,29 @@ class OplogCapture:
             self.emitted_ts = entry["ts"]
             batch.entries.append(entry)
             batch.units.extend(self.assembler.feed(entry))
+        quiet_until = None
         if drained and not self.held:
             batch.idle = True
             batch.units.extend(self.assembler.flush())
+            quiet_until = self._quiet_until()
         if batch.units or batch.idle:
             safe = _oplog_batch_position(self.assembler, self.emitted_ts)
+            if quiet_until is not None and not self.assembler.pending() and quiet_until > safe:
+                safe = self.emitted_ts = self.last_ts = quiet_until
             batch.position = Position(safe) if safe > self.start.ts or batch.units else None
         return batch
+
+    def _quiet_until(self) -> Timestamp | None:
+        """An idle source: a cluster time read at least SETTLE_S before this empty read, up to which
+        the oplog holds nothing more (so an idle member's position keeps up with the others' in a
+        cluster; MongoDB's periodic no-op entries do the same every 10 s)."""
+        now = time.monotonic()
+        probe = self._probe
+        if probe is None or now - probe[1] >= SETTLE_S:
+            self._probe = (current_time(self.client), now)
+        if probe is not None and now - probe[1] >= SETTLE_S and probe[0] > self.emitted_ts:
+            return probe[0]
+        return None
 
     def _settled(self, limit: int) -> list[dict[str, Any]]:
         """The held entries that may go now, in order; a run that was fresh when read is replaced by

@@ -5,7 +5,7 @@ Invariants (tested in tests/unit/test_backup_manifest.py):
 - chunk i covers the oplog from after `after` to `until`, both inclusive of nothing outside:
   (after, until]; chunk i+1 starts where chunk i ends (`after == until` of the one before), so a
   gap is a pair of neighbours whose bounds do not meet, and is reported with its bounds;
-- `covered` may pass the last chunk's `until`: the source wrote nothing in between (an idle source);
+- an idle source's span is an empty chunk (no key, no entries), extended while it stays idle;
 - a snapshot is restorable once its copy ended (`end`) and the oplog is covered past `end`; it
   restores any time from `end` to the end of the contiguous coverage that starts at or before `start`.
 """

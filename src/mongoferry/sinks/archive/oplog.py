@@ -119,10 +119,17 @@ class OplogArchiveSink:
             self.cover(self.handed)
 
     def cover(self, until: Timestamp) -> None:
-        """Nothing was written up to `until`: say so in the manifest (an idle source stays restorable)."""
+        """Nothing was written up to `until`: say so in the manifest, as an empty span extended while
+        the source stays idle (it keeps the chunk list contiguous, and an idle source restorable)."""
         with self.manifest.lock:
-            if self.manifest.covered is not None and self.manifest.covered >= until:
+            last = self.manifest.chunks[-1] if self.manifest.chunks else None
+            if until <= (last.until if last is not None else self.saved):
                 return
+            if last is not None and last.entries == 0:
+                last.until = until
+            else:
+                self.manifest.chunks.append(Chunk(key="", after=self.saved, until=until, first=until, last=until,
+                                                  entries=0, bytes=0, sha256=""))
             self.manifest.covered = until
         self.manifest.save(self.storage)
         self._last_cover = time.monotonic()
