@@ -46,7 +46,8 @@ def run_list(settings: BackupListSettings) -> int:
             why = f" — {s.reason}" if s.reason else ""
             print(f"  snapshot {s.id}: {s.state}, started {ts_text(s.start)}{end}, {what}{why}")
         size = sum(c.bytes for c in m.chunks)
-        print(f"  oplog: {sum(1 for c in m.chunks if c.key)} chunk(s), {sum(c.entries for c in m.chunks)} entries, {size} bytes, "
+        files = sum(1 for c in m.chunks if c.key)
+        print(f"  oplog: {files} chunk(s), {sum(c.entries for c in m.chunks)} entries, {size} bytes, "
               f"archived up to {ts_text(m.covered) if m.covered else '-'}")
         for gap in m.gaps():
             print(f"  GAP in the oplog archive {gap.describe()}")
