@@ -609,3 +609,20 @@ def test_a_cluster_backup_restores_every_shard_to_one_time(tmp_path: Path) -> No
     finally:
         for server in servers.values():
             server.stop()
+
+
+def test_a_backup_whose_oplog_rolled_over_while_it_was_down_stops_and_says_so(tmp_path: Path) -> None:
+    with EmbeddedServer(tmp_path / "src", extra_args=["--oplog-max-entries", "100"]).start() as src:
+        seed(src, docs=100)
+        folder = tmp_path / "backup"
+        proc = backup(src, folder)
+        wait_for(lambda: complete_snapshots(folder) == 1, timeout=60)
+        proc.kill()
+        proc.wait()
+        with src.client() as c:
+            for i in range(2600):  # SecantusDB trims its oplog to the last 100 entries every 1000 writes
+                c.shop.orders.insert_one({"_id": f"gone{i}"})
+        result = run_cli("backup", "--src", src.uri, "--to", str(folder), "--chunk", "1s")
+        assert result.code == 4, result.text
+        assert "no longer holds" in result.err and "start a new backup" in result.err, result.err
+        assert run_cli("backup", "list", "--from", str(folder)).code == 0  # still restorable up to its end

@@ -314,21 +314,27 @@ def replay_oplog(ctx: click.Context, /, files: tuple[str, ...], **values: Any) -
 @click.option("--copy-only", is_flag=True, help="Run a one-off copy instead of the live sync and commit.")
 @click.option("--split", "split_", is_flag=True,
               help="A live split into two by userId mod 2, its commit, then a prune of the source.")
+@click.option("--backup", "backup_", is_flag=True,
+              help="A continuous backup, an accidental deleteMany, and a restore to the second before it.")
 @click.option("--log-format", type=click.Choice(["auto", "rich", "json", "text"]), default="auto",
               show_default=True, help="Progress style.")
-def demo(docs: int | None, workers: str, keep: bool, copy_only: bool, split_: bool, log_format: str) -> None:
+def demo(docs: int | None, workers: str, keep: bool, copy_only: bool, split_: bool, backup_: bool,
+         log_format: str) -> None:
     """A live migration between two embedded SecantusDB servers, start to finish.
 
     Loads a realistic sample, runs `sync` while a writer keeps changing the
     source, shows state, lag and deltas, commits, and proves both sides identical.
     With --split: one source into two parts by userId mod 2 while a writer moves
     users between them, the commit's per-part verification, and a prune.
+    With --backup: a backup while a writer runs, an accidental deleteMany, and a
+    restore to the second before it, proven byte-identical to the source then.
     """
     from mongoferry.dev.demo import run_demo
 
     setup_logging("json" if resolve_format(log_format) == "json" else "text")
-    run_guarded(functools.partial(run_demo, docs=docs or (30_000 if split_ else 200_000), workers=workers,
-                                  keep=keep, log_format=log_format, copy_only=copy_only, split=split_))
+    run_guarded(functools.partial(run_demo, docs=docs or (30_000 if split_ or backup_ else 200_000),
+                                  workers=workers, keep=keep, log_format=log_format, copy_only=copy_only,
+                                  split=split_, backup=backup_))
 
 
 # Registered last: its heavy imports load only when the command runs.

@@ -149,10 +149,14 @@ def prove_identical(console: Console, src: Client, dst: Client) -> int:
 
 
 def run_demo(docs: int = 200_000, workers: str = "auto", keep: bool = False, log_format: str = "auto",
-             copy_only: bool = False, split: bool = False) -> int:
+             copy_only: bool = False, split: bool = False, backup: bool = False) -> int:
     console = Console(stderr=True)
     root = Path(tempfile.mkdtemp(prefix="mongoferry-demo-"))
     try:
+        if backup:
+            from mongoferry.dev.backup_demo import run_backup_demo
+
+            return run_backup_demo(console, root, docs)
         if split:
             from mongoferry.dev.split_demo import run_split_demo
 

@@ -23,7 +23,7 @@ from typing import Any
 import bson
 from bson import Timestamp
 
-from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, UsageError
+from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, HistoryLostError, UsageError
 from mongoferry.core.events import Position
 from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.http.server import HttpServer, backup_app, parse_bind
@@ -303,7 +303,12 @@ class SourceBackup:
     # ------------------------------------------------------------------ the loop
     def step(self) -> None:
         assert self.pipeline is not None
-        self.pipeline.step()
+        try:
+            self.pipeline.step()
+        except HistoryLostError as exc:
+            raise HistoryLostError(
+                f"{self.label}: {exc.message}", "the archive cannot continue without a gap: start a new backup "
+                "into a new --to (this one stays restorable up to where it ends); enlarge the oplog") from None
         if self.run is not None and self.run.error is not None:
             error, self.run = self.run.error, None
             raise error
