@@ -14,6 +14,7 @@ log) and a new one taken at once. Drops and re-creations need nothing: the oplog
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -35,8 +36,9 @@ from mongoferry.infra.storage import Prefixed, Storage, open_storage
 from mongoferry.pipeline.copier import Copier, source_identity
 from mongoferry.pipeline.loop import Pipeline
 from mongoferry.sinks.archive.layout import (
-    Compression,
+    CLUSTER_FILE,
     compress,
+    compression_of,
     decompress,
     iter_bson,
     snapshot_id,
@@ -53,7 +55,6 @@ from mongoferry.state.status import JobStatus
 log = logging.getLogger("mongoferry.backup")
 
 SYSTEM_DBS = ("admin", "config", "local")
-CLUSTER_FILE = "cluster.json"
 
 
 def parse_sources(values: list[str]) -> list[tuple[str, str]]:
@@ -86,23 +87,11 @@ def snapshot_entries(storage: Storage, manifest: Manifest, after: Timestamp, unt
         data = storage.get(chunk.key)
         if data is None:
             raise UsageError(f"oplog chunk {chunk.key} is listed in the manifest but missing", "")
-        for raw in iter_bson(_open_bytes(decompress(data, _compression_of(chunk.key)))):
+        for raw in iter_bson(io.BytesIO(decompress(data, compression_of(chunk.key)))):
             ts = bson.decode(raw)["ts"]
             if after < ts <= until:
                 out.append(raw)
     return out
-
-
-def _open_bytes(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
-
-
-def _compression_of(key: str) -> Compression:
-    from mongoferry.sinks.archive.layout import compression_of
-
-    return compression_of(key)
 
 
 def harmful_renames(entries: list[bytes], nsmap: NamespaceMap, copied_at: dict[str, Timestamp | None]) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import logging
 import re
 import tempfile
@@ -40,6 +41,7 @@ from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.infra.storage import Prefixed, Storage, open_storage
 from mongoferry.pipeline.loop import Pipeline
 from mongoferry.sinks.archive.layout import (
+    CLUSTER_FILE,
     MANIFEST,
     BadArchiveFile,
     compression_of,
@@ -60,7 +62,6 @@ from mongoferry.state.status import JobStatus
 
 log = logging.getLogger("mongoferry.restore")
 
-CLUSTER_FILE = "cluster.json"
 LAST_ORDINAL = 2**32 - 1
 _TS = re.compile(r"(\d+):(\d+)")
 
@@ -185,7 +186,7 @@ def fetch_oplog(plan: Plan, into: Path) -> list[Path]:
                              "manifest's)", "restore to a time before it, or copy a good copy of the file back")
         try:
             body = decompress(data, compression_of(chunk.key))
-            entries = sum(1 for _ in iter_bson(_bytes_io(body)))
+            entries = sum(1 for _ in iter_bson(io.BytesIO(body)))
         except (BadArchiveFile, OSError, EOFError) as exc:
             raise UsageError(f"{plan.label}: oplog chunk {chunk.key} cannot be read ({exc})",
                              "restore to a time before it") from None
@@ -201,12 +202,6 @@ def fetch_oplog(plan: Plan, into: Path) -> list[Path]:
         path.write_bytes(body)
         paths.append(path)
     return paths
-
-
-def _bytes_io(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
 
 
 def _spec(plan: Plan, ns: str) -> CollectionSpec:

@@ -27,6 +27,7 @@ from mongoferry.core.model import CollectionSpec
 Compression = Literal["gzip", "zstd", "none"]
 SUFFIX: dict[str, str] = {"gzip": ".gz", "zstd": ".zst", "none": ""}
 MANIFEST = "manifest.json"
+CLUSTER_FILE = "cluster.json"  # a cluster backup: the names of its members, each a backup of its own
 
 
 def ts_name(ts: Timestamp) -> str:
