@@ -100,7 +100,7 @@ def newest(c: Client) -> Timestamp:
     return ts
 
 
-def write_flat_out(uri: str, seconds: float) -> int:
+def write_flat_out(uri: str, seconds: float, tag: str) -> int:
     """A writer going as fast as the source takes: inserts and updates, one at a time, 2 threads."""
     counts = [0, 0]
     stop = threading.Event()
@@ -111,7 +111,7 @@ def write_flat_out(uri: str, seconds: float) -> int:
         while not stop.is_set():
             i += 1
             if i % 2:
-                c.bench.live.insert_one({"_id": f"{k}-{i}", "v": i, "pad": "p" * 200})
+                c.bench.live.insert_one({"_id": f"{tag}-{k}-{i}", "v": i, "pad": "p" * 200})
             else:
                 c.bench.docs.update_one({"_id": i % 1000}, {"$inc": {"score": 1}, "$set": {"at": i}})
             counts[k] += 1
@@ -142,7 +142,7 @@ def main() -> None:
         d = args.docs / mongoferry("restore", "--from", str(folder), "--dst", dst.uri)
 
         # (e) the writer alone, then with the backup running (its snapshot done first)
-        alone = write_flat_out(src.uri, args.seconds) / args.seconds
+        alone = write_flat_out(src.uri, args.seconds, "alone") / args.seconds
         live = root / "live"
         with (root / "backup.log").open("ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "mongoferry", "backup", "--src", src.uri, "--to", str(live),
@@ -150,7 +150,7 @@ def main() -> None:
                                     env=child_env())
         while not any(s["state"] == "complete" for s in manifest(live)["snapshots"]):
             time.sleep(0.2)
-        with_backup = write_flat_out(src.uri, args.seconds) / args.seconds
+        with_backup = write_flat_out(src.uri, args.seconds, "backup") / args.seconds
         stopped = time.perf_counter()
         c_src: Client = MongoClient(src.uri)
         last = newest(c_src)

@@ -195,13 +195,15 @@ class SourceBackup:
         if unfinished is not None:
             self.start_snapshot(unfinished)
         elif not any(s.state == "complete" for s in self.manifest.snapshots):
-            self.start_snapshot(None)
+            # a new backup's first snapshot starts where its archive does (one oplog read less)
+            self.start_snapshot(None, self.manifest.start if not self.manifest.snapshots else None)
 
     # ------------------------------------------------------------------ snapshots
-    def start_snapshot(self, snap: Snapshot | None) -> None:
+    def start_snapshot(self, snap: Snapshot | None, start: Timestamp | None = None) -> None:
         if snap is None:
-            with driver_errors("reading the source's cluster time"):
-                start = cap.newest_oplog_time(self.client)  # before the listing: every later change is archived
+            if start is None:
+                with driver_errors("reading the source's cluster time"):
+                    start = cap.newest_oplog_time(self.client)  # before the listing: every later change is archived
             snap = Snapshot(id=snapshot_id(start), start=start)
             with self.manifest.lock:
                 self.manifest.snapshots.append(snap)
