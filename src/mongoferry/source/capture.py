@@ -392,13 +392,32 @@ def _oplog_batch_position(assembler: TransactionAssembler, last_ts: Timestamp) -
 
 
 # An entry read this soon after it was written may have neighbours still being committed, which
-# appear in the oplog after the cursor passed their place (a hole): such entries wait, then their
+# appear in the oplog after the cursor passed their place (a hole): such entries wait, and where
+# their timestamps leave room for a missing entry (an ordinal skipped, or a new second begun) their
 # time range is read again and that read is what the capture hands on. (MongoDB's oplog visibility
 # rules prevent holes for tailable cursors; SecantusDB shows them, a few entries per thousand, just
-# as a cursor catches up with the writes; they appear within milliseconds. The re-read costs one
-# range query per VERIFY_EVERY_S while the capture is at the live end.)
+# as a cursor catches up with the writes; they appear within milliseconds. A re-read scans the whole
+# oplog there, so it happens at most once per REREAD_EVERY_S while the writes go on.)
 SETTLE_S = 0.25
-VERIFY_EVERY_S = 0.25
+REREAD_EVERY_S = 1.0
+
+
+def leaves_room(before: Timestamp | None, entries: list[dict[str, Any]]) -> bool:
+    """Whether an entry could be missing between `before` (the last entry handed on, None when
+    unknown) and these entries, judging by the entries alone: a skipped ordinal, a new second (whose
+    predecessor's last ordinal is unknown), or a transaction's entry (the others of its commit
+    share its ts or follow it, and how many there are is not written on any of them)."""
+    prev = before
+    for entry in entries:
+        ts = entry["ts"]
+        if prev is None or ts.time != prev.time or ts.inc != prev.inc + 1 or _in_transaction(entry):
+            return True
+        prev = ts
+    return False
+
+
+def _in_transaction(entry: Mapping[str, Any]) -> bool:
+    return "txnNumber" in entry or "lsid" in entry or entry.get("op") == "c" and "applyOps" in entry.get("o", {})
 
 
 class OplogCapture:
@@ -414,6 +433,7 @@ class OplogCapture:
         self.emitted_ts = start.ts  # the newest entry handed on
         self.held: list[tuple[dict[str, Any], float, bool]] = []  # entry, when it may go, fresh when read
         self._verified_at = 0.0
+        self._last_entry: Timestamp | None = None  # the last entry handed on (not a quiet time)
         self._probe: tuple[Timestamp, float] | None = None  # the cluster time, and when it was read
 
     def next_batch(self, max_events: int) -> Batch:
@@ -468,13 +488,13 @@ class OplogCapture:
             ready += 1
         if ready == 0:
             return []
-        if not any(fresh for _, _, fresh in self.held[:ready]):
-            out = [e for e, _, _ in self.held[:ready]]
+        run = [e for e, _, _ in self.held[:ready]]
+        if not any(fresh for _, _, fresh in self.held[:ready]) or not leaves_room(self._last_entry, run):
             del self.held[:ready]
-            return out
-        if now - self._verified_at < VERIFY_EVERY_S and ready < len(self.held):
+            return self._handed(run)
+        if now - self._verified_at < REREAD_EVERY_S and ready < len(self.held):
             return []
-        upto = self.held[ready - 1][0]["ts"]
+        upto = run[-1]["ts"]
         reread = list(self.client.local["oplog.rs"].find(
             {"ts": {"$gt": self.emitted_ts, "$lte": upto}}).sort("$natural", 1))
         self._verified_at = now
@@ -482,7 +502,12 @@ class OplogCapture:
             log.info("oplog entries appeared behind the cursor; read again",
                      extra={"entries": len(reread) - ready, "upTo": f"{upto.time}:{upto.inc}"})
         del self.held[:ready]
-        return reread
+        return self._handed(reread)
+
+    def _handed(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if entries:
+            self._last_entry = entries[-1]["ts"]
+        return entries
 
     def close(self) -> None:
         self.cursor.close()
