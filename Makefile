@@ -9,7 +9,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 
-.PHONY: demo test install redis s3 lint unit integration bench lock clean
+.PHONY: demo test install redis s3 browser lint unit integration bench lock clean
 
 # uv itself, pinned, in a venv of its own (pip is the only thing a fresh machine has).
 $(UV):
@@ -33,6 +33,13 @@ redis:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# Chromium and ChromeDriver from Debian's packages, for the dashboard's browser test; only when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver from Debian's packages"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 # The S3-compatible server the storage tests start (s3s-fs from crates.io, built once per machine,
 # pinned; ~3.5 min cold). Needs cargo (rustup.rs) on the machine.
 S3S_FS_VERSION := 0.14.1
@@ -55,7 +62,7 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: install redis s3 lint
+test: install redis s3 browser lint
 	$(PY) -m pytest -q
 
 unit: install

@@ -10,7 +10,7 @@ from bson import Timestamp
 
 from mongoferry.core.errors import UsageError
 from mongoferry.http.server import parse_bind
-from mongoferry.source.capture import change_event_to_event, lag_seconds
+from mongoferry.source.capture import change_event_to_event, lag_seconds, leaves_room
 from mongoferry.state.status import JobStatus
 
 TOKEN = {"_data": "8265"}
@@ -92,7 +92,8 @@ def test_can_commit_needs_a_finished_copy_and_small_lag() -> None:
 def test_snapshot_has_every_documented_field() -> None:
     snap = JobStatus().snapshot()
     assert set(snap) >= {"state", "canCommit", "lagTimeSeconds", "copy", "events", "namespaces"}
-    assert set(snap["copy"]) == {"totalDocs", "copiedDocs", "totalBytes", "copiedBytes"}
+    assert set(snap["copy"]) == {"totalDocs", "copiedDocs", "totalBytes", "copiedBytes", "etaSeconds"}
+    assert snap["copyNamespaces"] == [] and snap["recentErrors"] == []
     assert set(snap["events"]) == {"insert", "update", "replace", "delete", "ddl", "txn", "skipped"}
 
 
@@ -107,3 +108,27 @@ def test_parse_bind_rejects_bad_addresses(text: str) -> None:
     with pytest.raises(UsageError) as err:
         parse_bind(text)
     assert err.value.exit_code == 2 and text in err.value.message
+
+
+def _entries(*ts: tuple[int, int]) -> list[dict[str, object]]:
+    return [{"ts": Timestamp(t, i)} for t, i in ts]
+
+
+@pytest.mark.parametrize(("before", "after", "room"), [
+    ((10, 4), [(10, 5), (10, 6)], False),   # consecutive ordinals: nothing can be missing
+    ((10, 4), [(10, 5), (10, 5)], True),    # one transaction's entries share a ts: more may follow
+    ((10, 4), [(10, 6)], True),             # (10, 5) skipped
+    ((10, 4), [(10, 5), (10, 7)], True),
+    ((10, 4), [(11, 1)], True),             # the end of second 10 is unknown
+    (None, [(10, 1)], True),                # nothing handed on yet
+])
+def test_leaves_room_for_a_missing_oplog_entry(before: tuple[int, int] | None,
+                                                after: list[tuple[int, int]], room: bool) -> None:
+    start = Timestamp(*before) if before else None
+    assert leaves_room(start, _entries(*after)) is room
+
+
+def test_a_transaction_entry_always_leaves_room() -> None:
+    entry = {"ts": Timestamp(10, 5), "op": "i", "lsid": {"id": 1}, "txnNumber": 1}
+    assert leaves_room(Timestamp(10, 4), [entry])
+    assert not leaves_room(Timestamp(10, 4), [{"ts": Timestamp(10, 5), "op": "i"}])

@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from mongoferry.cli.support import common_options, env_help, run_guarded, settings_from
+from mongoferry.cli.support import (
+    common_options,
+    env_help,
+    http_token_option,
+    run_guarded,
+    settings_from,
+    throttle_options,
+)
 from mongoferry.infra.config import BackupListSettings, BackupSettings, RestoreSettings
 
 
@@ -48,8 +55,10 @@ BACKUP_OPTIONS = [
     click.option("--batch-size", type=int, help=env_help("Documents per read batch (default 1000).", "batch_size")),
     click.option("--connect-timeout", type=float,
                  help=env_help("Seconds to wait for each server to answer (default 10).", "connect_timeout")),
-    click.option("--http", help=env_help("Status API HOST:PORT (GET /api/v1/progress, /metrics), or 'off' "
-                                         "(the default).", "http")),
+    click.option("--http", help=env_help("Status API HOST:PORT (GET /api/v1/progress, /metrics, the dashboard "
+                                         "at /), or 'off' (the default).", "http")),
+    http_token_option(),
+    *throttle_options("documents a snapshot reads"),
 ]
 
 
@@ -121,6 +130,7 @@ RESTORE_OPTIONS = [
     click.option("--dry-run", is_flag=True, default=None,
                  help=env_help("Print the plan (snapshot, chunks, documents, entries) and write nothing.", "dry_run")),
     click.option("--workers", type=int, help=env_help("Namespaces restored at once (default 4).", "workers")),
+    *throttle_options("documents restored and oplog entries replayed"),
     click.option("--connect-timeout", type=float,
                  help=env_help("Seconds to wait for each server to answer (default 10).", "connect_timeout")),
     common_options,

@@ -15,8 +15,10 @@ from mongoferry.cli.support import (
     connection_options,
     env_help,
     given,
+    http_token_option,
     run_guarded,
     settings_from,
+    throttle_options,
 )
 from mongoferry.infra.config import CopySettings, ReplayOplogSettings, StatusSettings, SyncSettings
 from mongoferry.infra.logs import resolve_format, setup_logging
@@ -43,12 +45,7 @@ def copy_options(fn: F) -> F:
         click.option("--job", metavar="NAME",
                      help=env_help("Name of this job in the metadata database (default: the command's name); "
                                    "jobs of other names there are left alone.", "job")),
-        click.option("--max-docs-per-s", type=float,
-                     help=env_help("Copy at most this many documents per second (default: no limit).",
-                                   "max_docs_per_s")),
-        click.option("--max-bytes-per-s", type=float,
-                     help=env_help("Copy at most this many bytes per second (default: no limit).",
-                                   "max_bytes_per_s")),
+        *throttle_options("copied documents; for sync and split also the change events applied"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -95,6 +92,7 @@ def follow_options(no_verify_help: str) -> list[Callable[[F], F]]:
                                    "capture")),
         click.option("--http", help=env_help("Status/control API HOST:PORT, or 'off' (default 127.0.0.1:27182).",
                                              "http")),
+        http_token_option(),
         click.option("--no-write-block", is_flag=True, default=None,
                      help=env_help("At commit, do not block writes on the source (you stop the writers).",
                                    "no_write_block")),
@@ -223,6 +221,7 @@ def rule_options(parts_help: str) -> Callable[[F], F]:
 @click.option("--batch-size", type=int, help=env_help("Documents read per batch (default 1000).", "batch_size"))
 @click.option("--http", help=env_help("Status/control API HOST:PORT with --execute, or 'off' "
                                       "(default 127.0.0.1:27183).", "http"))
+@http_token_option()
 @click.option("--execute", is_flag=True, default=None, help="Delete. Without it: a dry run that writes nothing.")
 @common_options
 @click.pass_context

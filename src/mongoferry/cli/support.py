@@ -109,3 +109,19 @@ def _connection_option_list(verb: str, dst_help: str | None) -> list[Callable[[F
         click.option("--rename", multiple=True,
                      help=env_help("Rename OLD_DB=NEW_DB or DB.COLL=DB2.COLL2 (repeatable).", "rename")),
     ]
+
+
+def http_token_option() -> Callable[[F], F]:
+    return click.option("--http-token", metavar="TOKEN",
+                        help=env_help("Token the HTTP controls (POST) need; required when --http is not a loopback "
+                                      "address. Send it as Authorization: Bearer TOKEN.", "http_token"))
+
+
+def throttle_options(what: str) -> list[Callable[[F], F]]:
+    """--max-docs-per-s and --max-bytes-per-s; `what` says what they count for this command."""
+    return [click.option("--max-docs-per-s", type=float,
+                         help=env_help(f"Write at most this many documents per second ({what}; default: no "
+                                       "limit; POST /api/v1/throttle changes it while running).", "max_docs_per_s")),
+            click.option("--max-bytes-per-s", type=float,
+                         help=env_help("Copy at most this many bytes per second (default: no limit).",
+                                       "max_bytes_per_s"))]

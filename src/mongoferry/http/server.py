@@ -1,21 +1,34 @@
-"""HTTP status and control for a running sync (starlette + uvicorn, in a thread)."""
+"""HTTP status and control of a running job (starlette + uvicorn, in a thread): progress, the
+controls, metrics and the dashboard page.
+
+The controls (every POST) are as safe as the address: on a loopback address they are open, as
+before; bound anywhere else they need the token given with --http-token (a job refuses to start
+without one), sent as `Authorization: Bearer TOKEN` or `X-Mongoferry-Token: TOKEN`.
+"""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import json
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Protocol
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mongoferry.core.errors import UsageError
+from mongoferry.http.dashboard import dashboard_routes
+from mongoferry.pipeline.throttle import Throttle
 from mongoferry.state.prune_status import PruneStatus, prune_registry
 from mongoferry.state.status import JobStatus, make_registry
 
@@ -28,8 +41,8 @@ class Controlled(Protocol):
     def set(self, **fields: Any) -> None: ...
 
 
-def common_routes(status: Controlled, registry: CollectorRegistry) -> list[Route]:
-    """What every job's API has: resume, health and metrics."""
+def common_routes(status: Controlled, registry: CollectorRegistry, kind: str, controls: list[str]) -> list[Route]:
+    """What every job's API has: resume, health, metrics and the dashboard."""
 
     async def resume(request: Request) -> JSONResponse:
         status.set(paused=False)
@@ -42,14 +55,68 @@ def common_routes(status: Controlled, registry: CollectorRegistry) -> list[Route
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/api/v1/resume", resume, methods=["POST"]), Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"])]
+            Route("/metrics", metrics, methods=["GET"]), *dashboard_routes(kind, controls)]
 
 
-def sync_app(status: JobStatus) -> Starlette:
+def throttle_limits(body: Any) -> tuple[float | None, float | None] | str:
+    """The limits a POST /api/v1/throttle asks for ({"maxDocsPerSecond": N, "maxBytesPerSecond": N},
+    either may be left out; 0 or null: no limit), or what is wrong with it."""
+    if not isinstance(body, dict) or not {"maxDocsPerSecond", "maxBytesPerSecond"} & body.keys():
+        return 'send {"maxDocsPerSecond": N} and/or {"maxBytesPerSecond": N} (0 or null: no limit)'
+    out: list[float | None] = []
+    for key in ("maxDocsPerSecond", "maxBytesPerSecond"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value) or value < 0):
+            return f"{key} must be a number >= 0 (0 or null: no limit), not {json.dumps(value)}"
+        out.append(float(value) or None if value is not None else None)
+    return out[0], out[1]
+
+
+def throttle_route(throttle: Throttle) -> Route:
+    """GET the job's limits and time spent throttled; POST new limits (they apply to the next batch)."""
+
+    async def handle(request: Request) -> JSONResponse:
+        if request.method == "POST":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            limits = throttle_limits(body)
+            if isinstance(limits, str):
+                return JSONResponse({"success": False, "error": limits}, 400)
+            docs, nbytes = limits
+            throttle.set_limits(docs if "maxDocsPerSecond" in body else throttle.max_docs_per_s,
+                                nbytes if "maxBytesPerSecond" in body else throttle.max_bytes_per_s)
+            log.info("throttle changed", extra=throttle.describe())
+            return JSONResponse({"success": True, **throttle.describe()})
+        return JSONResponse(throttle.describe())
+
+    return Route("/api/v1/throttle", handle, methods=["GET", "POST"])
+
+
+class ThrottleCollector(Collector):
+    def __init__(self, throttle: Throttle) -> None:
+        self.throttle = throttle
+
+    def collect(self) -> Iterator[Any]:
+        limit = GaugeMetricFamily("mongoferry_throttle_limit", "The current limit per second (0: none)",
+                                  labels=["unit"])
+        limit.add_metric(["docs"], self.throttle.max_docs_per_s or 0.0)
+        limit.add_metric(["bytes"], self.throttle.max_bytes_per_s or 0.0)
+        yield limit
+        waited = CounterMetricFamily("mongoferry_throttled_seconds", "Seconds spent waiting for the throttle")
+        waited.add_metric([], self.throttle.throttled_s)
+        yield waited
+
+
+def sync_app(status: JobStatus, throttle: Throttle | None = None, kind: str = "sync") -> Starlette:
+    throttle = throttle or Throttle()
     registry = make_registry(status)
+    registry.register(ThrottleCollector(throttle))
 
     async def progress(request: Request) -> JSONResponse:
-        return JSONResponse(status.snapshot())
+        return JSONResponse({**status.snapshot(), "throttle": throttle.describe()})
 
     async def pause(request: Request) -> JSONResponse:
         if status.state in ("COMMITTING", "COMMITTED"):
@@ -76,20 +143,24 @@ def sync_app(status: JobStatus) -> Starlette:
         Route("/api/v1/progress", progress, methods=["GET"]),
         Route("/api/v1/pause", pause, methods=["POST"]),
         Route("/api/v1/commit", commit, methods=["POST"]),
-        *common_routes(status, registry),
+        throttle_route(throttle),
+        *common_routes(status, registry, kind, ["pause", "resume", "commit", "throttle"]),
     ])
 
 
-def backup_app(status: JobStatus, describe: Callable[[], dict[str, Any]]) -> Starlette:
+def backup_app(status: JobStatus, describe: Callable[[], dict[str, Any]],
+               throttle: Throttle | None = None) -> Starlette:
     """A backup's progress: its pipeline's status, and per source its snapshots, chunks and the
-    times it can restore to."""
+    times it can restore to; its throttle."""
+    throttle = throttle or Throttle()
     registry = make_registry(status)
+    registry.register(ThrottleCollector(throttle))
 
     async def progress(request: Request) -> JSONResponse:
-        return JSONResponse({**status.snapshot(), "backup": describe()})
+        return JSONResponse({**status.snapshot(), "throttle": throttle.describe(), "backup": describe()})
 
-    return Starlette(routes=[Route("/api/v1/progress", progress, methods=["GET"]),
-                             *common_routes(status, registry)])
+    return Starlette(routes=[Route("/api/v1/progress", progress, methods=["GET"]), throttle_route(throttle),
+                             *common_routes(status, registry, "backup", ["throttle"])])
 
 
 def prune_app(status: PruneStatus) -> Starlette:
@@ -119,11 +190,31 @@ def prune_app(status: PruneStatus) -> Starlette:
         status.set(paused=True)
         return JSONResponse({"success": True})
 
+    async def throttle(request: Request) -> JSONResponse:
+        """The common throttle API; a prune limits documents only (it deletes, it moves no bytes)."""
+        if request.method == "GET":
+            return JSONResponse({"maxDocsPerSecond": status.rate, "maxBytesPerSecond": None})
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        limits = throttle_limits(body)
+        if isinstance(limits, str):
+            return JSONResponse({"success": False, "error": limits}, 400)
+        if limits[1] is not None:
+            return JSONResponse({"success": False, "error": "a prune limits documents per second only: "
+                                 "send {\"maxDocsPerSecond\": N}"}, 400)
+        if "maxDocsPerSecond" in body:
+            status.set(rate=limits[0])
+            log.info("prune rate limit changed", extra={"docsPerSecond": status.rate})
+        return JSONResponse({"success": True, "maxDocsPerSecond": status.rate, "maxBytesPerSecond": None})
+
     return Starlette(routes=[
         Route("/api/v1/progress", progress, methods=["GET"]),
         Route("/api/v1/rate", rate, methods=["GET", "POST"]),
+        Route("/api/v1/throttle", throttle, methods=["GET", "POST"]),
         Route("/api/v1/pause", pause, methods=["POST"]),
-        *common_routes(status, registry),
+        *common_routes(status, registry, "prune", ["pause", "resume", "throttle"]),
     ])
 
 
@@ -137,11 +228,64 @@ def parse_bind(text: str, flag: str = "--http") -> tuple[str, int] | None:
     return host, int(port)
 
 
+def secret(value: Any) -> str | None:
+    """The token's text from a settings field (a pydantic SecretStr, kept out of logs and reprs)."""
+    return value.get_secret_value() if value is not None else None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+Scope = MutableMapping[str, Any]
+
+
+class TokenGuard:
+    """ASGI middleware: every request other than GET/HEAD needs the token."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD") and not self._allowed(scope):
+            body = json.dumps({"success": False, "error": "this control needs the job's token: send "
+                               "Authorization: Bearer TOKEN (the value of --http-token)"}).encode()
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-mongoferry-token", b"")
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        return hmac.compare_digest(given, self.token)
+
+
 class HttpServer:
+    """The API in a thread. `token`: the controls need it (see the module's docstring); `guarded`:
+    the app has controls, so a non-loopback address without a token is refused."""
+
     def __init__(self, app: Any, host: str, port: int, hint: str = "choose another address with --http HOST:PORT, "
-                 "or --http off") -> None:
+                 "or --http off", token: str | None = None, guarded: bool = False) -> None:
         self.hint = hint
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        if guarded and token is None and not is_loopback(host):
+            raise UsageError(f"--http {host}:{port} would open pause/commit/throttle to the network without a token",
+                             "give --http-token TOKEN (or MONGOFERRY_HTTP_TOKEN), or bind 127.0.0.1")
+        if token is not None and hasattr(app, "state"):
+            app.state.token_required = True
+        served = TokenGuard(app, token) if token is not None else app
+        config = uvicorn.Config(served, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -112,7 +112,8 @@ class CopySettings(ConnectionSettings):
     batch_size: int = Field(1000, ge=1, le=100_000)
     partition_docs: int = Field(50_000, ge=100, description="target documents per partition")
     drop_dst: bool = False
-    max_docs_per_s: float | None = Field(None, gt=0, description="copy at most this many documents per second")
+    max_docs_per_s: float | None = Field(None, gt=0, description="write at most this many documents (copied "
+                                         "and, for sync and split, change events applied) per second")
     max_bytes_per_s: float | None = Field(None, gt=0, description="copy at most this many bytes per second")
 
     _workers = field_validator("workers", mode="before")(parse_workers)
@@ -126,6 +127,7 @@ class CopySettings(ConnectionSettings):
 class SyncSettings(CopySettings):
     capture: Literal["change-stream", "oplog"] = "change-stream"
     http: str = Field("127.0.0.1:27182", description="HOST:PORT of the status/control API, or 'off'")
+    http_token: SecretStr | None = Field(None, description="the token the HTTP controls need (required off loopback)")
     no_write_block: bool = False
     no_verify: bool = False
     reverse: bool = False
@@ -174,6 +176,7 @@ class PruneSettings(Settings):
     batch_size: int = Field(1000, ge=1, le=100_000, description="documents read per batch")
     execute: bool = False
     http: str = Field("127.0.0.1:27183", description="HOST:PORT of the status/control API (--execute), or 'off'")
+    http_token: SecretStr | None = Field(None, description="the token the HTTP controls need (required off loopback)")
 
     _split_lists = field_validator("key", "broadcast", "include", "exclude", "window", mode="before")(split_list)
     _space_lists = field_validator("bound", mode="before")(split_on_spaces)
@@ -226,6 +229,9 @@ class BackupSettings(Settings):
     batch_size: int = Field(1000, ge=1, le=100_000)
     connect_timeout: float = Field(10.0, gt=0)
     http: str = Field("off", description="HOST:PORT of the status API, or 'off'")
+    http_token: SecretStr | None = Field(None, description="the token the HTTP controls need (required off loopback)")
+    max_docs_per_s: float | None = Field(None, gt=0, description="write at most this many documents per second")
+    max_bytes_per_s: float | None = Field(None, gt=0, description="write at most this many bytes per second")
 
     _split = field_validator("include", "exclude", mode="before")(split_list)
     _space = field_validator("src", mode="before")(split_on_spaces)
@@ -253,6 +259,8 @@ class RestoreSettings(Settings):
     drop: bool = False
     dry_run: bool = False
     workers: int = Field(4, ge=1, le=64, description="namespaces restored at once")
+    max_docs_per_s: float | None = Field(None, gt=0, description="write at most this many documents per second")
+    max_bytes_per_s: float | None = Field(None, gt=0, description="write at most this many bytes per second")
     connect_timeout: float = Field(10.0, gt=0)
 
     _split = field_validator("include", "exclude", "rename", mode="before")(split_list)

@@ -27,7 +27,7 @@ from bson import Timestamp
 from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, HistoryLostError, UsageError
 from mongoferry.core.events import Position
 from mongoferry.core.namespaces import NamespaceMap
-from mongoferry.http.server import HttpServer, backup_app, parse_bind
+from mongoferry.http.server import HttpServer, backup_app, parse_bind, secret
 from mongoferry.infra.clients import Client, connect, driver_errors, validate_uri
 from mongoferry.infra.config import BackupSettings, CopySettings
 from mongoferry.infra.progress import make_reporter
@@ -35,6 +35,7 @@ from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.infra.storage import Prefixed, Storage, open_storage
 from mongoferry.pipeline.copier import Copier, source_identity
 from mongoferry.pipeline.loop import Pipeline
+from mongoferry.pipeline.throttle import Throttle
 from mongoferry.sinks.archive.layout import (
     CLUSTER_FILE,
     compress,
@@ -144,6 +145,7 @@ class SourceBackup:
     sink: OplogArchiveSink | None = None
     pipeline: Pipeline | None = None
     completed: int = 0
+    throttle: Throttle | None = None  # the job's limit on the documents a snapshot reads
 
     # ------------------------------------------------------------------ setup (read-only until `open`)
     def check(self) -> None:
@@ -227,7 +229,7 @@ class SourceBackup:
             run.progress = SnapshotProgress(self.storage, run.snapshot.id)
             run.sink = ArchiveCopySink(self.storage, run.snapshot.id, self.manifest.compression)
             copier = Copier(settings, self.client, None, run.progress, self.nsmap, make_reporter("quiet"), self.stop,
-                            kind="backup", sink=run.sink, whole=True)
+                            kind="backup", sink=run.sink, whole=True, throttle=self.throttle)
             run.copier = copier
             copier.validate()
             copier.initialise()
@@ -334,22 +336,25 @@ def run_backup(settings: BackupSettings) -> int:
     status.set(state="SNAPSHOT")
     clients: list[Client] = []
     backups: list[SourceBackup] = []
-    http: HttpServer | None = None
+    throttle = Throttle(settings.max_docs_per_s, settings.max_bytes_per_s)
+    # built (and its address and token checked) before anything is written; started once open
+    http = HttpServer(backup_app(status, lambda: describe(backups), throttle), *bind,
+                      token=secret(settings.http_token), guarded=True) if bind else None
     try:
         with stop_on_signals() as stop:
             for name, uri in sources:
                 client = connect(uri, f"source {name}" if name else "source", settings.connect_timeout)
                 clients.append(client)
                 storage = Prefixed(root, name) if name else root
-                backup = SourceBackup(settings, name, uri, client, storage, nsmap, stop, JobStatus())
+                backup = SourceBackup(settings, name, uri, client, storage, nsmap, stop, JobStatus(), throttle=throttle)
                 backup.check()
                 backups.append(backup)
             if len(sources) > 1:
                 root.put(CLUSTER_FILE, _cluster_doc([n for n, _ in sources]))
             for backup in backups:
                 backup.open()
-            if bind:
-                http = HttpServer(backup_app(status, lambda: describe(backups)), *bind).start()
+            if http is not None:
+                http.start()
             return _follow(settings, backups, status, stop)
     finally:
         for backup in backups:

@@ -31,7 +31,7 @@ from mongoferry.core.model import utc_now
 from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.core.pacing import LatencyGuard, parse_window, replication_lag, seconds_until_open
 from mongoferry.core.routing import Rule, key_value, parse_rule, rule_from_spec, rule_spec
-from mongoferry.http.server import HttpServer, parse_bind, prune_app
+from mongoferry.http.server import HttpServer, parse_bind, prune_app, secret
 from mongoferry.infra.clients import Client, connect, driver_errors, is_transient, namespace_changed, validate_uri
 from mongoferry.infra.config import PruneSettings
 from mongoferry.infra.runtime import stop_on_signals
@@ -457,7 +457,7 @@ def run_prune(s: PruneSettings) -> int:
             if resumed:
                 job.load(targets)
             if bind:
-                http = HttpServer(prune_app(status), *bind).start()
+                http = HttpServer(prune_app(status), *bind, token=secret(s.http_token), guarded=True).start()
             log.info("prune resuming" if resumed else "prune starting",
                      extra={"rule": rule.describe("kept"), "keep": keep, "rate": s.rate or None,
                             "windows": list(s.window), "maxLag": s.max_lag, "namespaces": len(targets),

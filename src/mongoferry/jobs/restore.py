@@ -40,6 +40,7 @@ from mongoferry.infra.config import RestoreSettings
 from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.infra.storage import Prefixed, Storage, open_storage
 from mongoferry.pipeline.loop import Pipeline
+from mongoferry.pipeline.throttle import Throttle
 from mongoferry.sinks.archive.layout import (
     CLUSTER_FILE,
     MANIFEST,
@@ -226,6 +227,7 @@ class Restorer:
     workers: int
     batch_docs: int = 1000
     restored: dict[str, int] = field(default_factory=dict)
+    throttle: Throttle = field(default_factory=Throttle)  # documents restored and entries replayed
 
     def namespaces(self) -> dict[str, str]:
         return {ns: self.nsmap.target(ns) for ns in sorted(self.plan.files) if self.nsmap.selected(ns)}
@@ -273,6 +275,7 @@ class Restorer:
                     for raw in iter_bson(reader):
                         batch.append(RawBSONDocument(raw, RAW))
                         if len(batch) >= self.batch_docs:
+                            self.throttle.wait(len(batch), sum(len(d.raw) for d in batch), self.stop)
                             writer.insert_copied(dst_ns, batch)
                             count += len(batch)
                             batch = []
@@ -282,6 +285,7 @@ class Restorer:
                     raise UsageError(f"{self.plan.label}: {data_key} cannot be read ({exc})",
                                      "the backup is damaged; restore from another snapshot") from None
                 if batch:
+                    self.throttle.wait(len(batch), sum(len(d.raw) for d in batch), self.stop)
                     writer.insert_copied(dst_ns, batch)
                     count += len(batch)
         writer.create_indexes(dst_ns, spec.secondary_indexes())
@@ -307,7 +311,7 @@ class Restorer:
                                         exhausted=batch.exhausted)}
 
         pipeline = Pipeline(open_files, [applier], start or Position(Timestamp(0, 0)), JobStatus(), self.stop,
-                            route=backed_up, max_batch=1000)
+                            route=backed_up, max_batch=1000, throttle=self.throttle)
         with driver_errors("replaying the oplog"):
             pipeline.run_to_end()
             pipeline.close()
@@ -389,10 +393,11 @@ def run_restore(settings: RestoreSettings) -> int:
         try:
             with stop_on_signals() as stop:
                 restorers = []
+                throttle = Throttle(settings.max_docs_per_s, settings.max_bytes_per_s)  # one limit for all
                 for plan, name in zip(plans, names or [""], strict=True):
                     client = connect(destinations[name], f"destination {name}".strip(), settings.connect_timeout)
                     clients.append(client)
-                    restorer = Restorer(plan, client, nsmap, stop, settings.workers)
+                    restorer = Restorer(plan, client, nsmap, stop, settings.workers, throttle=throttle)
                     restorer.check_destination(settings.drop)
                     restorers.append(restorer)
                 for restorer, paths in zip(restorers, oplogs, strict=True):

@@ -28,7 +28,7 @@ from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, InconsistencyError,
 from mongoferry.core.events import Position
 from mongoferry.core.identity import same_deployment
 from mongoferry.core.routing import Rule, parse_rule, rule_spec
-from mongoferry.http.server import HttpServer, parse_bind, sync_app
+from mongoferry.http.server import HttpServer, parse_bind, secret, sync_app
 from mongoferry.infra.clients import deployment_identity, driver_errors
 from mongoferry.infra.config import SplitSettings, SyncSettings
 from mongoferry.infra.logs import resolve_format
@@ -40,6 +40,7 @@ from mongoferry.pipeline.copier import Copier
 from mongoferry.pipeline.copy_window import CopyWindow
 from mongoferry.pipeline.loop import Pipeline
 from mongoferry.pipeline.shares import Share, shares
+from mongoferry.pipeline.throttle import Throttle
 from mongoferry.sinks.mongo_apply import Applier
 from mongoferry.source import capture as cap
 from mongoferry.state.endpoints import Endpoints, open_endpoints
@@ -111,7 +112,8 @@ class SplitJob:
         self.status = status
         self.stop = stop
         self.ownership = [PartOwnership(rule, i) for i in range(len(parts))]
-        self.syncs = [SyncJob(part_settings(s, i, d), e, status, stop)
+        self.throttle = Throttle(s.max_docs_per_s, s.max_bytes_per_s)  # shared by every part
+        self.syncs = [SyncJob(part_settings(s, i, d), e, status, stop, self.throttle)
                       for i, (d, e) in enumerate(zip(s.dst, parts, strict=True))]
         self.copiers: list[Copier] = []
         self.shares: dict[str, Share] = {}
@@ -184,6 +186,7 @@ class SplitJob:
         opener = self.syncs[0].open_capture(self.src, self.syncs[0].excluded)
         pipeline = Pipeline(opener, list(sinks), min(starts), self.status, self.stop,
                             store=PerDestinationPositions(self.parts), max_batch=self.s.max_batch,
+                            throttle=self.throttle,
                             verify_history=lambda last: cap.verify_history(self.src, last))
         return pipeline, sinks
 
@@ -324,7 +327,7 @@ def run_split(s: SplitSettings) -> int:
             job = SplitJob(s, rule, parts, status, stop)
             reporter = StatusReporter(make_reporter(fmt), status)
             job.copiers = [Copier(sync.s, e.src, e.dst, e.meta, e.nsmap, reporter, stop, kind="sync",
-                                  keep=own.keep)
+                                  keep=own.keep, throttle=job.throttle)
                            for sync, e, own in zip(job.syncs, parts, job.ownership, strict=True)]
             for sync, copier in zip(job.syncs, job.copiers, strict=True):
                 sync.copier = copier
@@ -344,7 +347,8 @@ def run_split(s: SplitSettings) -> int:
                 with driver_errors("opening the change capture on the source"):
                     cap.check_capture(job.src, s.capture)
                 if bind:
-                    http = HttpServer(sync_app(status), *bind).start()
+                    http = HttpServer(sync_app(status, job.throttle, kind="split"), *bind,
+                                      token=secret(s.http_token), guarded=True).start()
                 log.info("split resuming" if resumed else "split starting",
                          extra={"rule": rule.describe(), "destinations": len(parts),
                                 "namespaces": len(job.copiers[0].mapping),

@@ -21,7 +21,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, InconsistencyError
 from mongoferry.core.events import Position
 from mongoferry.core.namespaces import NamespaceMap
-from mongoferry.http.server import HttpServer, parse_bind, sync_app
+from mongoferry.http.server import HttpServer, parse_bind, secret, sync_app
 from mongoferry.infra.clients import Client, driver_errors
 from mongoferry.infra.config import SyncSettings
 from mongoferry.infra.logs import resolve_format
@@ -31,6 +31,7 @@ from mongoferry.pipeline.copier import Copier
 from mongoferry.pipeline.copy_window import CopyWindow
 from mongoferry.pipeline.counts import capped_max, count_rows, describe_count_difference
 from mongoferry.pipeline.loop import Pipeline
+from mongoferry.pipeline.throttle import Throttle
 from mongoferry.sinks.mongo_apply import Applier
 from mongoferry.source import capture as cap
 from mongoferry.state.endpoints import Endpoints, open_endpoints
@@ -86,8 +87,11 @@ def block_writes(src: Client) -> str | None:
 
 
 class SyncJob:
-    def __init__(self, settings: SyncSettings, ends: Endpoints, status: JobStatus, stop: threading.Event) -> None:
+    def __init__(self, settings: SyncSettings, ends: Endpoints, status: JobStatus, stop: threading.Event,
+                 throttle: Throttle | None = None) -> None:
         self.s = settings
+        # one limit for everything the job writes: copied documents and applied events
+        self.throttle = throttle or Throttle(settings.max_docs_per_s, settings.max_bytes_per_s)
         self.ends = ends
         self.status = status
         self.stop = stop
@@ -129,7 +133,7 @@ class SyncJob:
 
     def pipeline(self, source: Client, sink: Applier, start: Position) -> Pipeline:
         return Pipeline(self.open_capture(source, self.excluded), [sink], start, self.status, self.stop,
-                        store=self.ends.meta, max_batch=self.s.max_batch,
+                        store=self.ends.meta, max_batch=self.s.max_batch, throttle=self.throttle,
                         verify_history=lambda last: cap.verify_history(source, last))
 
     def replay_phase(self) -> int:
@@ -287,7 +291,8 @@ def run_sync(settings: SyncSettings) -> int:
         with stop_on_signals() as stop:
             job = SyncJob(settings, ends, status, stop)
             reporter = StatusReporter(make_reporter(fmt), status)
-            copier = Copier(settings, ends.src, ends.dst, ends.meta, ends.nsmap, reporter, stop, kind="sync")
+            copier = Copier(settings, ends.src, ends.dst, ends.meta, ends.nsmap, reporter, stop, kind="sync",
+                            throttle=job.throttle)
             job.copier = copier
             try:
                 with driver_errors("reading the source's cluster time"):
@@ -296,7 +301,8 @@ def run_sync(settings: SyncSettings) -> int:
                 with driver_errors("opening the change capture on the source"):
                     cap.check_capture(ends.src, settings.capture)
                 if bind:
-                    http = HttpServer(sync_app(status), *bind).start()
+                    http = HttpServer(sync_app(status, job.throttle), *bind, token=secret(settings.http_token),
+                                      guarded=True).start()
                 log.info("sync resuming" if copier.resumed else "sync starting",
                          extra={"namespaces": len(copier.mapping), "capture": settings.capture,
                                 "http": f"{bind[0]}:{bind[1]}" if bind else "off"})

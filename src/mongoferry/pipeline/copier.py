@@ -66,7 +66,8 @@ Keep = Callable[[str, RawBSONDocument], bool]  # (source namespace, document) â†
 class Copier:
     def __init__(self, settings: CopySettings, src: Client, dst: Client | None, meta: CopyState,
                  nsmap: NamespaceMap, reporter: Reporter, stop: threading.Event, kind: str = "copy",
-                 keep: Keep | None = None, sink: CopySink | None = None, whole: bool = False) -> None:
+                 keep: Keep | None = None, sink: CopySink | None = None, whole: bool = False,
+                 throttle: Throttle | None = None) -> None:
         self.settings = settings
         self.src = src
         self.dst = dst
@@ -92,7 +93,8 @@ class Copier:
         self.job: Job | None = None
         self._lock = threading.Lock()
         self._remaining: dict[str, int] = {}
-        self.throttle = Throttle(settings.max_docs_per_s, settings.max_bytes_per_s)
+        # one throttle per job, shared with its pipeline and its HTTP API (changed while running)
+        self.throttle = throttle or Throttle(settings.max_docs_per_s, settings.max_bytes_per_s)
 
     # ---------------------------------------------------------------- validation (read-only)
     def fingerprint(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from mongoferry.core.events import Batch, Position
 from mongoferry.infra.clients import is_transient
 from mongoferry.infra.redact import redact
 from mongoferry.pipeline.checkpoint import PositionStore, lowest
+from mongoferry.pipeline.throttle import Throttle
 from mongoferry.sinks.base import Sink
 from mongoferry.source.capture import Capture, Prefetching, fingerprint, lag_seconds
 from mongoferry.state.status import JobStatus
@@ -51,6 +52,7 @@ class Pipeline:
     verify_history: Callable[[dict[str, Any] | None], None] | None = None
     on_history_lost: Callable[[HistoryLostError], Position] | None = None  # None: stop the job
     max_batch: int = 1000
+    throttle: Throttle | None = None  # the job's limit on events per second (None: no limit)
     positions: dict[str, Position | None] = field(default_factory=dict)
     last_event: dict[str, Any] | None = None
     capture: Prefetching | None = None
@@ -106,6 +108,9 @@ class Pipeline:
             return Batch()
 
     def _apply(self, batch: Batch) -> None:
+        if self.throttle is not None and (batch.units or batch.entries):
+            # change events count as documents; bytes are only measured for the copy's raw batches
+            self.throttle.wait(batch.events or len(batch.entries), 0, self.stop)
         routed = self.route(batch) if self.route is not None else {s.name: batch for s in self.sinks}
         for sink in self.sinks:
             part = routed.get(sink.name)
@@ -199,3 +204,4 @@ class Pipeline:
             with contextlib.suppress(Exception):  # the connection may already be broken
                 self.capture.close()
             self.capture = None
+

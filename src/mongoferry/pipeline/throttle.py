@@ -32,6 +32,11 @@ class Throttle:
             self._docs = min(self._docs, self.max_docs_per_s or 0.0)
             self._bytes = min(self._bytes, self.max_bytes_per_s or 0.0)
 
+    def describe(self) -> dict[str, float | None]:
+        """The limits and the time spent waiting, as progress and the throttle API show them."""
+        return {"maxDocsPerSecond": self.max_docs_per_s, "maxBytesPerSecond": self.max_bytes_per_s,
+                "throttledSeconds": round(self.throttled_s, 3)}
+
     def delay(self, docs: int, nbytes: int, now: float) -> float:
         """Take a batch's cost from the budget; the seconds to wait before writing it (pure arithmetic)."""
         with self._lock:

@@ -417,7 +417,7 @@ def leaves_room(before: Timestamp | None, entries: list[dict[str, Any]]) -> bool
 
 
 def _in_transaction(entry: Mapping[str, Any]) -> bool:
-    return "txnNumber" in entry or "lsid" in entry or entry.get("op") == "c" and "applyOps" in entry.get("o", {})
+    return "txnNumber" in entry or "lsid" in entry or (entry.get("op") == "c" and "applyOps" in entry.get("o", {}))
 
 
 class OplogCapture:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +17,22 @@ from mongoferry.infra.progress import Reporter
 STATES = ("COPYING", "CATCHING_UP", "RUNNING", "PAUSED", "COMMITTING", "COMMIT_FAILED", "COMMITTED",
           "SOURCE_UNREACHABLE")
 EVENT_TYPES = ("insert", "update", "replace", "delete", "ddl", "txn", "skipped")
+RECENT_ERRORS = 20
+
+
+def eta_seconds(done: int, total: int, elapsed_s: float) -> float | None:
+    """Seconds left at the rate so far; None before there is a rate (or with nothing to estimate)."""
+    if total <= 0 or done >= total:
+        return 0.0 if total > 0 or done > 0 else None
+    if done <= 0 or elapsed_s <= 0:
+        return None
+    return round((total - done) * elapsed_s / done, 1)
+
+
+def recent_error(errors: deque[dict[str, str]], message: str | None) -> None:
+    """Keep the last RECENT_ERRORS messages with their time (the dashboard lists them)."""
+    if message:
+        errors.append({"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "message": message})
 
 
 class JobStatus:
@@ -35,6 +51,9 @@ class JobStatus:
         self.namespaces: list[dict[str, Any]] = []
         self.errors = 0
         self.last_error: str | None = None
+        self.recent_errors: deque[dict[str, str]] = deque(maxlen=RECENT_ERRORS)
+        # per source namespace: destination, documents to copy and copied, when its copy began
+        self.copy_namespaces: dict[str, dict[str, Any]] = {}
         self.paused = False
         self.recopied: list[str] = []  # namespaces copied again because DDL changed them during the copy
         self.source_unreachable = False
@@ -47,6 +66,8 @@ class JobStatus:
         with self.lock:
             for k, v in fields.items():
                 setattr(self, k, v)
+            if "last_error" in fields:
+                recent_error(self.recent_errors, fields["last_error"])
 
     def current_lag(self) -> float:
         if self.source_unreachable and self.lag_growing_since is not None:
@@ -66,7 +87,9 @@ class JobStatus:
                 "state": self.shown_state(),
                 "canCommit": self.can_commit(),
                 "lagTimeSeconds": round(self.current_lag(), 3),
-                "copy": dict(self.copy),
+                "copy": {**self.copy, "etaSeconds": eta_seconds(
+                    self.copy["copiedDocs"], self.copy["totalDocs"], time.time() - self.started)},
+                "copyNamespaces": [self._copy_namespace(src, n) for src, n in self.copy_namespaces.items()],
                 "events": {t: int(self.events.get(t, 0)) for t in EVENT_TYPES},
                 "namespaces": [dict(n) for n in self.namespaces],
                 "recopied": list(self.recopied),
@@ -74,8 +97,15 @@ class JobStatus:
                 "sinks": {name: dict(s) for name, s in self.sinks.items()},
                 "errors": self.errors,
                 "lastError": self.last_error,
+                "recentErrors": list(self.recent_errors),
                 "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
+
+    @staticmethod
+    def _copy_namespace(src: str, n: dict[str, Any]) -> dict[str, Any]:
+        eta = 0.0 if n["done"] else eta_seconds(n["copiedDocs"], n["totalDocs"], time.time() - n["startedAt"])
+        return {"source": src, "destination": n["destination"], "totalDocs": n["totalDocs"],
+                "copiedDocs": n["copiedDocs"], "done": n["done"], "etaSeconds": eta}
 
 
 class StatusReporter:
@@ -95,13 +125,27 @@ class StatusReporter:
 
     def add(self, src: str, dst: str, total_docs: int, total_bytes: int, docs: int = 0, bytes_: int = 0) -> None:
         self._bump(docs, bytes_, total_docs, total_bytes)
+        with self.status.lock:
+            n = self.status.copy_namespaces.setdefault(
+                src, {"destination": dst, "totalDocs": 0, "copiedDocs": 0, "done": False, "startedAt": time.time()})
+            n["copiedDocs"] += docs
+            n["totalDocs"] = max(n["totalDocs"] + total_docs, n["copiedDocs"])
         self.inner.add(src, dst, total_docs, total_bytes, docs, bytes_)
 
     def advance(self, src: str, docs: int, bytes_: int) -> None:
         self._bump(docs, bytes_)
+        with self.status.lock:
+            n = self.status.copy_namespaces.get(src)
+            if n is not None:
+                n["copiedDocs"] += docs
+                n["totalDocs"] = max(n["totalDocs"], n["copiedDocs"])
         self.inner.advance(src, docs, bytes_)
 
     def finish(self, src: str) -> None:
+        with self.status.lock:
+            n = self.status.copy_namespaces.get(src)
+            if n is not None:
+                n["done"] = True
         self.inner.finish(src)
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from mongoferry import __version__
 from mongoferry.core.errors import MongoferryError
+from mongoferry.http.dashboard import dashboard_routes
 from mongoferry.infra.config import VerifySettings
 from mongoferry.infra.redact import redact
 from mongoferry.state.endpoints import Endpoints
@@ -242,6 +243,7 @@ def verifier_app(v: VerifierView) -> Starlette:
         Route("/api/v1/summary", summary, methods=["GET"]),
         Route("/api/v1/docMismatches", doc_mismatches, methods=["GET"]),
         Route("/api/v1/nsMismatches", ns_mismatches, methods=["GET"]),
+        *dashboard_routes("verify", []),  # the check/writesOff API stays as migration-verifier's
     ], exception_handlers={BadParameter: bad_parameter, PyMongoError: server_error})
     app.add_middleware(_Headers)
     return app

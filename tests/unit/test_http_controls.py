@@ -1,0 +1,67 @@
+"""The throttle API's input, the ETA, the token guard and the dashboard's files (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from mongoferry.core.errors import UsageError
+from mongoferry.http.server import HttpServer, sync_app, throttle_limits
+from mongoferry.pipeline.throttle import Throttle
+from mongoferry.state.status import JobStatus, eta_seconds
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"maxDocsPerSecond": 500}, (500.0, None)),
+    ({"maxDocsPerSecond": 0, "maxBytesPerSecond": 1e6}, (None, 1e6)),
+    ({"maxBytesPerSecond": None}, (None, None)),
+])
+def test_throttle_limits_accepted(body: dict[str, object], expected: tuple[float | None, float | None]) -> None:
+    assert throttle_limits(body) == expected
+
+
+@pytest.mark.parametrize("body", [None, {}, {"other": 1}, {"maxDocsPerSecond": -1}, {"maxDocsPerSecond": True},
+                                  {"maxDocsPerSecond": "fast"}, {"maxBytesPerSecond": float("inf")}])
+def test_throttle_limits_refused_with_a_reason(body: object) -> None:
+    assert isinstance(throttle_limits(body), str)
+
+
+def test_eta_from_the_rate_so_far() -> None:
+    assert eta_seconds(250, 1000, 10.0) == 30.0
+    assert eta_seconds(0, 1000, 10.0) is None
+    assert eta_seconds(1000, 1000, 10.0) == 0.0
+    assert eta_seconds(0, 0, 10.0) is None
+
+
+def test_the_guard_needs_the_token_for_controls_only() -> None:
+    throttle = Throttle()
+    server = HttpServer(sync_app(JobStatus(), throttle), "127.0.0.1", 0, token="t0k")
+
+    async def talk() -> list[httpx.Response]:
+        app: Any = server.server.config.app
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            out = [await client.get(p) for p in ("/api/v1/progress", "/", "/dashboard.js", "/api/v1/ui")]
+            out.append(await client.post("/api/v1/throttle", json={"maxDocsPerSecond": 9}))
+            out.append(await client.post("/api/v1/throttle", json={"maxDocsPerSecond": 9},
+                                         headers={"Authorization": "Bearer t0k"}))
+            return out
+
+    progress, page, script, ui, denied, ok = asyncio.run(talk())
+    assert progress.status_code == 200 and script.status_code == 200
+    assert page.headers["content-type"].startswith("text/html") and "dashboard.js" in page.text
+    expected: dict[str, Any] = {"kind": "sync", "progress": "/api/v1/progress",
+                                "controls": ["pause", "resume", "commit", "throttle"], "tokenRequired": True}
+    assert ui.json() == expected
+    assert denied.status_code == 401
+    assert ok.status_code == 200 and throttle.max_docs_per_s == 9
+
+
+def test_a_public_address_without_a_token_is_refused() -> None:
+    with pytest.raises(UsageError, match="without a token"):
+        HttpServer(sync_app(JobStatus()), "0.0.0.0", 0, guarded=True)
+    HttpServer(sync_app(JobStatus()), "0.0.0.0", 0, token="x", guarded=True)
+    HttpServer(sync_app(JobStatus()), "::1", 0, guarded=True)
