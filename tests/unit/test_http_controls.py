@@ -65,3 +65,20 @@ def test_a_public_address_without_a_token_is_refused() -> None:
         HttpServer(sync_app(JobStatus()), "0.0.0.0", 0, guarded=True)
     HttpServer(sync_app(JobStatus()), "0.0.0.0", 0, token="x", guarded=True)
     HttpServer(sync_app(JobStatus()), "::1", 0, guarded=True)
+
+
+def test_a_prune_takes_a_documents_limit_only() -> None:
+    from mongoferry.http.server import prune_app
+    from mongoferry.state.prune_status import PruneStatus
+
+    status = PruneStatus(rate=100.0)
+
+    async def talk() -> list[httpx.Response]:
+        app: Any = prune_app(status)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return [await client.post("/api/v1/throttle", json={"maxBytesPerSecond": 5}),
+                    await client.post("/api/v1/throttle", json={"maxDocsPerSecond": 40})]
+
+    refused, accepted = asyncio.run(talk())
+    assert refused.status_code == 400 and "documents per second only" in refused.json()["error"]
+    assert accepted.status_code == 200 and status.rate == 40

@@ -73,19 +73,27 @@ def throttle_limits(body: Any) -> tuple[float | None, float | None] | str:
     return out[0], out[1]
 
 
+async def requested_limits(request: Request) -> tuple[dict[str, Any], tuple[float | None, float | None]] | JSONResponse:
+    """The body of a POST /api/v1/throttle and the limits it asks for, or the 400 answer saying why not."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    limits = throttle_limits(body)
+    if isinstance(limits, str):
+        return JSONResponse({"success": False, "error": limits}, 400)
+    return body, limits
+
+
 def throttle_route(throttle: Throttle) -> Route:
     """GET the job's limits and time spent throttled; POST new limits (they apply to the next batch)."""
 
     async def handle(request: Request) -> JSONResponse:
         if request.method == "POST":
-            try:
-                body = await request.json()
-            except ValueError:
-                body = None
-            limits = throttle_limits(body)
-            if isinstance(limits, str):
-                return JSONResponse({"success": False, "error": limits}, 400)
-            docs, nbytes = limits
+            asked = await requested_limits(request)
+            if isinstance(asked, JSONResponse):
+                return asked
+            body, (docs, nbytes) = asked
             throttle.set_limits(docs if "maxDocsPerSecond" in body else throttle.max_docs_per_s,
                                 nbytes if "maxBytesPerSecond" in body else throttle.max_bytes_per_s)
             log.info("throttle changed", extra=throttle.describe())
@@ -194,13 +202,10 @@ def prune_app(status: PruneStatus) -> Starlette:
         """The common throttle API; a prune limits documents only (it deletes, it moves no bytes)."""
         if request.method == "GET":
             return JSONResponse({"maxDocsPerSecond": status.rate, "maxBytesPerSecond": None})
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        limits = throttle_limits(body)
-        if isinstance(limits, str):
-            return JSONResponse({"success": False, "error": limits}, 400)
+        asked = await requested_limits(request)
+        if isinstance(asked, JSONResponse):
+            return asked
+        body, limits = asked
         if limits[1] is not None:
             return JSONResponse({"success": False, "error": "a prune limits documents per second only: "
                                  "send {\"maxDocsPerSecond\": N}"}, 400)
