@@ -160,15 +160,25 @@ class S3Storage:
             path.unlink(missing_ok=True)
 
     def get(self, key: str) -> bytes | None:
-        try:
-            reply = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except self.client.exceptions.NoSuchKey:
-            return None
-        data: bytes = reply["Body"].read()
-        return data
+        for attempt in range(CHECKSUM_ATTEMPTS):
+            try:
+                reply = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except self.client.exceptions.NoSuchKey:
+                return None
+            try:
+                data: bytes = reply["Body"].read()
+                return data
+            except Exception as exc:
+                _reraise_unless_checksum(exc, attempt, self.url, key)
+        raise AssertionError("unreachable")
 
     def get_file(self, key: str, path: Path) -> None:
-        self.client.download_file(self.bucket, self._key(key), str(path))
+        for attempt in range(CHECKSUM_ATTEMPTS):
+            try:
+                self.client.download_file(self.bucket, self._key(key), str(path))
+                return
+            except Exception as exc:
+                _reraise_unless_checksum(exc, attempt, self.url, key)
 
     def list(self, prefix: str = "") -> list[str]:
         keys: list[str] = []
@@ -180,6 +190,21 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+CHECKSUM_ATTEMPTS = 5
+
+
+def _reraise_unless_checksum(exc: Exception, attempt: int, url: str, key: str) -> None:
+    """A body whose checksum does not match is read again: a transfer went wrong, or (as on s3s-fs)
+    the server's content and stored checksum were caught mid-replacement. Five in a row is an error."""
+    from botocore.exceptions import FlexibleChecksumError
+
+    if not isinstance(exc, FlexibleChecksumError):
+        raise exc
+    if attempt + 1 >= CHECKSUM_ATTEMPTS:
+        raise ConnectError(f"{url}/{key} failed its checksum {CHECKSUM_ATTEMPTS} times in a row",
+                           "check the S3 server and the network; nothing was read from it") from exc
 
 
 def open_storage(url: str, option: str, create: bool = False) -> Storage:
