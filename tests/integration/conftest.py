@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import bson
+import httpx
 import pytest
 from bson.raw_bson import RawBSONDocument
 
@@ -98,6 +99,14 @@ def user_namespaces(server: EmbeddedServer) -> set[str]:
     with server.client() as c:
         return {f"{db}.{name}" for db in c.list_database_names() if db not in ("admin", "local", "config")
                 for name in c[db].list_collection_names()}
+
+
+def job_progress(port: int) -> dict[str, Any]:
+    """A running job's GET /api/v1/progress, or {} while its HTTP server is not up (yet, or any more)."""
+    try:
+        return dict(httpx.get(f"http://127.0.0.1:{port}/api/v1/progress", timeout=5).json())
+    except httpx.HTTPError:
+        return {}
 
 
 def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.05) -> None:

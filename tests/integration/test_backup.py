@@ -25,7 +25,16 @@ import pytest
 from bson import Timestamp
 
 from mongoferry.dev.embedded import EmbeddedServer, free_port
-from tests.integration.conftest import RAW, S3Server, raw_docs, run_cli, start_cli, user_namespaces, wait_for
+from tests.integration.conftest import (
+    RAW,
+    S3Server,
+    job_progress,
+    raw_docs,
+    run_cli,
+    start_cli,
+    user_namespaces,
+    wait_for,
+)
 
 Model = dict[str, dict[bytes, bytes]]
 
@@ -191,14 +200,6 @@ class Writer(threading.Thread):
             self.error = exc
 
 
-def _progress(port: int) -> dict[str, Any]:
-    try:
-        doc: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/api/v1/progress", timeout=5).json()
-        return doc
-    except httpx.HTTPError:
-        return {}
-
-
 def test_restores_to_several_times_of_a_live_writer_are_exact(tmp_path: Path) -> None:
     with EmbeddedServer(tmp_path / "src").start() as src, EmbeddedServer(tmp_path / "dst").start() as dst:
         seed(src)
@@ -207,8 +208,8 @@ def test_restores_to_several_times_of_a_live_writer_are_exact(tmp_path: Path) ->
         proc = backup(src, folder, "--http", f"127.0.0.1:{port}", log=tmp_path / "backup.log")
         try:
             wait_for(lambda: complete_snapshots(folder) == 1, timeout=120)
-            wait_for(lambda: _progress(port).get("state") == "ARCHIVING", timeout=30)
-            progress = _progress(port)
+            wait_for(lambda: job_progress(port).get("state") == "ARCHIVING", timeout=30)
+            progress = job_progress(port)
             assert progress["backup"]["source"]["restorable"] and "archive" in progress["sinks"], progress
             assert "mongoferry_" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             writer = Writer(src, 240)

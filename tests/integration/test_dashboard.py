@@ -14,17 +14,10 @@ import httpx
 import pytest
 
 from mongoferry.dev.embedded import EmbeddedServer, free_port
-from tests.integration.conftest import run_cli, start_cli, user_namespaces, wait_for
+from tests.integration.conftest import job_progress, run_cli, start_cli, user_namespaces, wait_for
 
 TOKEN = "dash-Token-42"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-def _progress(port: int) -> dict[str, Any]:
-    try:
-        return dict(httpx.get(f"http://127.0.0.1:{port}/api/v1/progress", timeout=5).json())
-    except httpx.HTTPError:
-        return {}
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -76,14 +69,14 @@ def test_the_page_shows_what_the_api_says_and_its_buttons_control_the_job(
     proc = start_cli("sync", "--src", src.uri, "--dst", dst.uri, "--http", f"127.0.0.1:{port}",
                      "--http-token", TOKEN, "--log-format", "json", log=log)
     try:
-        wait_for(lambda: _progress(port).get("state") == "RUNNING", timeout=120)
+        wait_for(lambda: job_progress(port).get("state") == "RUNNING", timeout=120)
         with src.client() as c:
             for i in range(60):
                 c.app.users.update_one({"_id": i}, {"$inc": {"n": 1}})
-        wait_for(lambda: sum(_progress(port).get("events", {}).values()) >= 60, timeout=60)
+        wait_for(lambda: sum(job_progress(port).get("events", {}).values()) >= 60, timeout=60)
 
         browser.get(f"http://127.0.0.1:{port}/")
-        progress = _progress(port)
+        progress = job_progress(port)
         events = sum(progress["events"].values())
         # the numbers on the page are the API's (the job is idle now, so they hold still)
         wait_for(lambda: _text(browser, "state") == progress["state"] == "RUNNING", timeout=30)
@@ -102,20 +95,20 @@ def test_the_page_shows_what_the_api_says_and_its_buttons_control_the_job(
         prompt = browser.switch_to.alert
         prompt.send_keys(TOKEN)
         prompt.accept()
-        wait_for(lambda: _progress(port).get("state") == "PAUSED", timeout=30)
+        wait_for(lambda: job_progress(port).get("state") == "PAUSED", timeout=30)
         wait_for(lambda: _text(browser, "state") == "PAUSED", timeout=30)
         with src.client() as c:
             c.app.users.insert_one({"_id": "written while paused"})
         browser.find_element(By.ID, "resume").click()  # the token is remembered for the session
-        wait_for(lambda: _progress(port).get("state") == "RUNNING", timeout=30)
-        wait_for(lambda: sum(_progress(port)["events"].values()) == events + 1, timeout=60)
+        wait_for(lambda: job_progress(port).get("state") == "RUNNING", timeout=30)
+        wait_for(lambda: sum(job_progress(port)["events"].values()) == events + 1, timeout=60)
 
         browser.find_element(By.ID, "throttle-docs").send_keys("750")
         browser.find_element(By.ID, "throttle-apply").click()
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/throttle", timeout=5)
                  .json()["maxDocsPerSecond"] == 750, timeout=30)
         wait_for(lambda: "750" in _text(browser, "throttle-now"), timeout=30)
-        assert _progress(port)["throttle"]["maxDocsPerSecond"] == 750
+        assert job_progress(port)["throttle"]["maxDocsPerSecond"] == 750
 
         shot = tmp_path / "dashboard.png"
         browser.save_screenshot(str(shot))
@@ -143,7 +136,7 @@ def test_controls_need_the_token_and_a_public_address_needs_one(
     proc = start_cli("sync", "--src", src.uri, "--dst", dst.uri, "--http", f"0.0.0.0:{port}",
                      "--http-token", TOKEN, log=tmp_path / "sync.log")
     try:
-        wait_for(lambda: _progress(port).get("state") == "RUNNING", timeout=120)
+        wait_for(lambda: job_progress(port).get("state") == "RUNNING", timeout=120)
         url = f"http://127.0.0.1:{port}"
         for path, body in (("/api/v1/pause", {}), ("/api/v1/throttle", {"maxDocsPerSecond": 5}),
                            ("/api/v1/commit", {})):
@@ -151,11 +144,11 @@ def test_controls_need_the_token_and_a_public_address_needs_one(
             assert denied.status_code == 401 and "token" in denied.json()["error"], (path, denied.text)
             wrong = httpx.post(url + path, json=body, headers={"Authorization": "Bearer nope"}, timeout=5)
             assert wrong.status_code == 401
-        assert _progress(port)["state"] == "RUNNING" and _progress(port)["throttle"]["maxDocsPerSecond"] is None
+        assert job_progress(port)["state"] == "RUNNING" and job_progress(port)["throttle"]["maxDocsPerSecond"] is None
         assert httpx.get(url + "/api/v1/ui", timeout=5).json()["tokenRequired"] is True
         ok = httpx.post(url + "/api/v1/pause", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
         assert ok.status_code == 200
-        wait_for(lambda: _progress(port).get("state") == "PAUSED", timeout=30)
+        wait_for(lambda: job_progress(port).get("state") == "PAUSED", timeout=30)
         ok = httpx.post(url + "/api/v1/throttle", json={"maxDocsPerSecond": 5, "maxBytesPerSecond": 1e6},
                         headers={"X-Mongoferry-Token": TOKEN}, timeout=5)
         assert ok.status_code == 200 and ok.json()["maxBytesPerSecond"] == 1e6

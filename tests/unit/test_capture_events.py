@@ -132,3 +132,10 @@ def test_a_transaction_entry_always_leaves_room() -> None:
     entry = {"ts": Timestamp(10, 5), "op": "i", "lsid": {"id": 1}, "txnNumber": 1}
     assert leaves_room(Timestamp(10, 4), [entry])
     assert not leaves_room(Timestamp(10, 4), [{"ts": Timestamp(10, 5), "op": "i"}])
+
+
+def test_a_costly_re_read_waits_ten_times_its_cost_for_the_next() -> None:
+    from mongoferry.source.capture import REREAD_EVERY_S, next_reread_after
+
+    assert next_reread_after(0.005) == REREAD_EVERY_S  # MongoDB: a seek, once a second
+    assert next_reread_after(1.2) == pytest.approx(12.0)  # SecantusDB at 50k entries: a scan, a tenth of the time

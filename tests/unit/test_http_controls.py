@@ -15,11 +15,12 @@ from mongoferry.state.status import JobStatus, eta_seconds
 
 
 @pytest.mark.parametrize(("body", "expected"), [
-    ({"maxDocsPerSecond": 500}, (500.0, None)),
-    ({"maxDocsPerSecond": 0, "maxBytesPerSecond": 1e6}, (None, 1e6)),
-    ({"maxBytesPerSecond": None}, (None, None)),
+    ({"maxDocsPerSecond": 500}, {"maxDocsPerSecond": 500.0}),
+    ({"maxDocsPerSecond": 0, "maxBytesPerSecond": 1e6}, {"maxDocsPerSecond": None, "maxBytesPerSecond": 1e6}),
+    ({"maxBytesPerSecond": None}, {"maxBytesPerSecond": None}),
+    ({"maxSourceLatencyMs": 20, "maxSourceLagSeconds": 0}, {"maxSourceLatencyMs": 20.0, "maxSourceLagSeconds": None}),
 ])
-def test_throttle_limits_accepted(body: dict[str, object], expected: tuple[float | None, float | None]) -> None:
+def test_throttle_limits_accepted(body: dict[str, object], expected: dict[str, float | None]) -> None:
     assert throttle_limits(body) == expected
 
 

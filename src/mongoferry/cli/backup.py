@@ -12,6 +12,7 @@ from mongoferry.cli.support import (
     http_token_option,
     run_guarded,
     settings_from,
+    source_guard_options,
     throttle_options,
 )
 from mongoferry.infra.config import BackupListSettings, BackupSettings, RestoreSettings
@@ -59,6 +60,7 @@ BACKUP_OPTIONS = [
                                          "at /), or 'off' (the default).", "http")),
     http_token_option(),
     *throttle_options("documents a snapshot reads"),
+    *source_guard_options(),
 ]
 
 

@@ -18,6 +18,7 @@ from mongoferry.cli.support import (
     http_token_option,
     run_guarded,
     settings_from,
+    source_guard_options,
     throttle_options,
 )
 from mongoferry.infra.config import CopySettings, ReplayOplogSettings, StatusSettings, SyncSettings
@@ -46,6 +47,7 @@ def copy_options(fn: F) -> F:
                      help=env_help("Name of this job in the metadata database (default: the command's name); "
                                    "jobs of other names there are left alone.", "job")),
         *throttle_options("copied documents; for sync and split also the change events applied"),
+        *source_guard_options(),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

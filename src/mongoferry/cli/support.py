@@ -125,3 +125,14 @@ def throttle_options(what: str) -> list[Callable[[F], F]]:
             click.option("--max-bytes-per-s", type=float,
                          help=env_help("Copy at most this many bytes per second (default: no limit).",
                                        "max_bytes_per_s"))]
+
+
+def source_guard_options() -> list[Callable[[F], F]]:
+    """--max-source-latency and --max-source-lag: hold the job while production suffers."""
+    return [click.option("--max-source-latency", type=float, metavar="MS",
+                         help=env_help("Hold while the source's mean read/write latency is above MS milliseconds "
+                                       "(serverStatus opLatencies, sampled each second; default: not watched).",
+                                       "max_source_latency")),
+            click.option("--max-source-lag", type=float, metavar="SECONDS",
+                         help=env_help("Hold while the source's secondaries are more than SECONDS behind its "
+                                       "primary (replSetGetStatus; default: not watched).", "max_source_lag"))]

@@ -5,6 +5,8 @@
 - Replication lag is what `replSetGetStatus` shows: the primary's optime minus the oldest optime
   of a healthy secondary (a member that is down is not replicating, and waiting for it could last
   days). A deployment without secondaries has no lag.
+- A source's operation latency is what serverStatus `opLatencies` counts: the mean of the reads and
+  writes it ran between two replies (microseconds and operations are running totals since start).
 - Latency backoff compares each probe (a read of one document by `_id`) with the lowest latency
   seen lately; well above it, the job pauses, longer each time the rise persists.
 """
@@ -98,3 +100,19 @@ class LatencyGuard:
             return self._pause
         self._pause = 0.0
         return 0.0
+
+
+def mean_op_latency_ms(before: Mapping[str, Any], after: Mapping[str, Any]) -> float | None:
+    """The mean latency (ms) of the reads and writes a server ran between two serverStatus replies;
+    None when it ran none, reports no opLatencies, or restarted (its totals went down)."""
+    micros = ops = 0
+    for kind in ("reads", "writes"):
+        a = (before.get("opLatencies") or {}).get(kind) or {}
+        b = (after.get("opLatencies") or {}).get(kind) or {}
+        if "latency" not in a or "latency" not in b:
+            return None
+        micros += int(b["latency"]) - int(a["latency"])
+        ops += int(b.get("ops", 0)) - int(a.get("ops", 0))
+    if ops <= 0 or micros < 0:
+        return None
+    return micros / ops / 1000.0

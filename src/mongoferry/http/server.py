@@ -58,23 +58,28 @@ def common_routes(status: Controlled, registry: CollectorRegistry, kind: str, co
             Route("/metrics", metrics, methods=["GET"]), *dashboard_routes(kind, controls)]
 
 
-def throttle_limits(body: Any) -> tuple[float | None, float | None] | str:
-    """The limits a POST /api/v1/throttle asks for ({"maxDocsPerSecond": N, "maxBytesPerSecond": N},
-    either may be left out; 0 or null: no limit), or what is wrong with it."""
-    if not isinstance(body, dict) or not {"maxDocsPerSecond", "maxBytesPerSecond"} & body.keys():
-        return 'send {"maxDocsPerSecond": N} and/or {"maxBytesPerSecond": N} (0 or null: no limit)'
-    out: list[float | None] = []
-    for key in ("maxDocsPerSecond", "maxBytesPerSecond"):
-        value = body.get(key)
+LIMIT_KEYS = ("maxDocsPerSecond", "maxBytesPerSecond", "maxSourceLatencyMs", "maxSourceLagSeconds")
+
+
+def throttle_limits(body: Any) -> dict[str, float | None] | str:
+    """The limits a POST /api/v1/throttle asks for (any of LIMIT_KEYS; 0 or null: no limit), only
+    those it names, or what is wrong with it."""
+    if not isinstance(body, dict) or not set(LIMIT_KEYS) & body.keys():
+        return ('send any of ' + ", ".join(f'"{k}": N' for k in LIMIT_KEYS) + " (0 or null: no limit)")
+    out: dict[str, float | None] = {}
+    for key in LIMIT_KEYS:
+        if key not in body:
+            continue
+        value = body[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                                   or not math.isfinite(value) or value < 0):
             return f"{key} must be a number >= 0 (0 or null: no limit), not {json.dumps(value)}"
-        out.append(float(value) or None if value is not None else None)
-    return out[0], out[1]
+        out[key] = float(value) or None if value is not None else None
+    return out
 
 
-async def requested_limits(request: Request) -> tuple[dict[str, Any], tuple[float | None, float | None]] | JSONResponse:
-    """The body of a POST /api/v1/throttle and the limits it asks for, or the 400 answer saying why not."""
+async def requested_limits(request: Request) -> dict[str, float | None] | JSONResponse:
+    """The limits a POST /api/v1/throttle asks for, or the 400 answer saying why not."""
     try:
         body = await request.json()
     except ValueError:
@@ -82,7 +87,7 @@ async def requested_limits(request: Request) -> tuple[dict[str, Any], tuple[floa
     limits = throttle_limits(body)
     if isinstance(limits, str):
         return JSONResponse({"success": False, "error": limits}, 400)
-    return body, limits
+    return limits
 
 
 def throttle_route(throttle: Throttle) -> Route:
@@ -93,9 +98,10 @@ def throttle_route(throttle: Throttle) -> Route:
             asked = await requested_limits(request)
             if isinstance(asked, JSONResponse):
                 return asked
-            body, (docs, nbytes) = asked
-            throttle.set_limits(docs if "maxDocsPerSecond" in body else throttle.max_docs_per_s,
-                                nbytes if "maxBytesPerSecond" in body else throttle.max_bytes_per_s)
+            throttle.set_limits(asked.get("maxDocsPerSecond", throttle.max_docs_per_s),
+                                asked.get("maxBytesPerSecond", throttle.max_bytes_per_s))
+            throttle.set_source_limits(asked.get("maxSourceLatencyMs", throttle.max_source_latency_ms),
+                                       asked.get("maxSourceLagSeconds", throttle.max_source_lag_s))
             log.info("throttle changed", extra=throttle.describe())
             return JSONResponse({"success": True, **throttle.describe()})
         return JSONResponse(throttle.describe())
@@ -110,12 +116,22 @@ class ThrottleCollector(Collector):
     def collect(self) -> Iterator[Any]:
         limit = GaugeMetricFamily("mongoferry_throttle_limit", "The current limit per second (0: none)",
                                   labels=["unit"])
-        limit.add_metric(["docs"], self.throttle.max_docs_per_s or 0.0)
-        limit.add_metric(["bytes"], self.throttle.max_bytes_per_s or 0.0)
+        t = self.throttle
+        limit.add_metric(["docs"], t.max_docs_per_s or 0.0)
+        limit.add_metric(["bytes"], t.max_bytes_per_s or 0.0)
+        limit.add_metric(["source_latency_ms"], t.max_source_latency_ms or 0.0)
+        limit.add_metric(["source_lag_seconds"], t.max_source_lag_s or 0.0)
         yield limit
-        waited = CounterMetricFamily("mongoferry_throttled_seconds", "Seconds spent waiting for the throttle")
-        waited.add_metric([], self.throttle.throttled_s)
+        waited = CounterMetricFamily("mongoferry_throttled_seconds", "Seconds spent waiting for the throttle, by "
+                                     "reason (rate, source-latency, replication-lag)", labels=["reason"])
+        for reason, seconds in t.waited_s.items():
+            waited.add_metric([reason], seconds)
         yield waited
+        health = t.health
+        if health is not None and health.latency_ms is not None:
+            yield GaugeMetricFamily("mongoferry_source_latency_ms", "The source's mean operation latency at the "
+                                    "last sample (serverStatus opLatencies, or a ping's round trip)",
+                                    value=health.latency_ms)
 
 
 def sync_app(status: JobStatus, throttle: Throttle | None = None, kind: str = "sync") -> Starlette:
@@ -205,12 +221,11 @@ def prune_app(status: PruneStatus) -> Starlette:
         asked = await requested_limits(request)
         if isinstance(asked, JSONResponse):
             return asked
-        body, limits = asked
-        if limits[1] is not None:
-            return JSONResponse({"success": False, "error": "a prune limits documents per second only: "
-                                 "send {\"maxDocsPerSecond\": N}"}, 400)
-        if "maxDocsPerSecond" in body:
-            status.set(rate=limits[0])
+        if any(v is not None for k, v in asked.items() if k != "maxDocsPerSecond"):
+            return JSONResponse({"success": False, "error": "a prune limits documents per second only (its own "
+                                 "latency guard and --max-lag watch the server): send {\"maxDocsPerSecond\": N}"}, 400)
+        if "maxDocsPerSecond" in asked:
+            status.set(rate=asked["maxDocsPerSecond"])
             log.info("prune rate limit changed", extra={"docsPerSecond": status.rate})
         return JSONResponse({"success": True, "maxDocsPerSecond": status.rate, "maxBytesPerSecond": None})
 

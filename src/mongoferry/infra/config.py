@@ -115,6 +115,10 @@ class CopySettings(ConnectionSettings):
     max_docs_per_s: float | None = Field(None, gt=0, description="write at most this many documents (copied "
                                          "and, for sync and split, change events applied) per second")
     max_bytes_per_s: float | None = Field(None, gt=0, description="copy at most this many bytes per second")
+    max_source_latency: float | None = Field(None, gt=0, description="ms: hold while the source's mean operation "
+                                             "latency is above this")
+    max_source_lag: float | None = Field(None, gt=0, description="seconds: hold while the source's secondaries "
+                                         "are further behind than this")
 
     _workers = field_validator("workers", mode="before")(parse_workers)
 
@@ -232,6 +236,10 @@ class BackupSettings(Settings):
     http_token: SecretStr | None = Field(None, description="the token the HTTP controls need (required off loopback)")
     max_docs_per_s: float | None = Field(None, gt=0, description="write at most this many documents per second")
     max_bytes_per_s: float | None = Field(None, gt=0, description="write at most this many bytes per second")
+    max_source_latency: float | None = Field(None, gt=0, description="ms: hold a snapshot's reads while the source's "
+                                             "mean operation latency is above this")
+    max_source_lag: float | None = Field(None, gt=0, description="seconds: hold a snapshot's reads while the "
+                                         "source's secondaries are further behind than this")
 
     _split = field_validator("include", "exclude", mode="before")(split_list)
     _space = field_validator("src", mode="before")(split_on_spaces)

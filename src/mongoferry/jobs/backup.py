@@ -35,7 +35,8 @@ from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.infra.storage import Prefixed, Storage, open_storage
 from mongoferry.pipeline.copier import Copier, source_identity
 from mongoferry.pipeline.loop import Pipeline
-from mongoferry.pipeline.throttle import Throttle
+from mongoferry.pipeline.source_health import SourceHealth
+from mongoferry.pipeline.throttle import Throttle, job_throttle
 from mongoferry.sinks.archive.layout import (
     CLUSTER_FILE,
     compress,
@@ -336,7 +337,8 @@ def run_backup(settings: BackupSettings) -> int:
     status.set(state="SNAPSHOT")
     clients: list[Client] = []
     backups: list[SourceBackup] = []
-    throttle = Throttle(settings.max_docs_per_s, settings.max_bytes_per_s)
+    health = SourceHealth()  # watches each source as it connects
+    throttle = job_throttle(settings, health)
     # built (and its address and token checked) before anything is written; started once open
     http = HttpServer(backup_app(status, lambda: describe(backups), throttle), *bind,
                       token=secret(settings.http_token), guarded=True) if bind else None
@@ -345,6 +347,7 @@ def run_backup(settings: BackupSettings) -> int:
             for name, uri in sources:
                 client = connect(uri, f"source {name}" if name else "source", settings.connect_timeout)
                 clients.append(client)
+                health.clients.append(client)
                 storage = Prefixed(root, name) if name else root
                 backup = SourceBackup(settings, name, uri, client, storage, nsmap, stop, JobStatus(), throttle=throttle)
                 backup.check()

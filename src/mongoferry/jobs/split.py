@@ -40,7 +40,8 @@ from mongoferry.pipeline.copier import Copier
 from mongoferry.pipeline.copy_window import CopyWindow
 from mongoferry.pipeline.loop import Pipeline
 from mongoferry.pipeline.shares import Share, shares
-from mongoferry.pipeline.throttle import Throttle
+from mongoferry.pipeline.source_health import SourceHealth
+from mongoferry.pipeline.throttle import job_throttle
 from mongoferry.sinks.mongo_apply import Applier
 from mongoferry.source import capture as cap
 from mongoferry.state.endpoints import Endpoints, open_endpoints
@@ -112,7 +113,7 @@ class SplitJob:
         self.status = status
         self.stop = stop
         self.ownership = [PartOwnership(rule, i) for i in range(len(parts))]
-        self.throttle = Throttle(s.max_docs_per_s, s.max_bytes_per_s)  # shared by every part
+        self.throttle = job_throttle(s, SourceHealth(parts[0].src))  # shared by every part (they read one source)
         self.syncs = [SyncJob(part_settings(s, i, d), e, status, stop, self.throttle)
                       for i, (d, e) in enumerate(zip(s.dst, parts, strict=True))]
         self.copiers: list[Copier] = []

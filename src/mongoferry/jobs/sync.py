@@ -31,7 +31,8 @@ from mongoferry.pipeline.copier import Copier
 from mongoferry.pipeline.copy_window import CopyWindow
 from mongoferry.pipeline.counts import capped_max, count_rows, describe_count_difference
 from mongoferry.pipeline.loop import Pipeline
-from mongoferry.pipeline.throttle import Throttle
+from mongoferry.pipeline.source_health import SourceHealth
+from mongoferry.pipeline.throttle import Throttle, job_throttle
 from mongoferry.sinks.mongo_apply import Applier
 from mongoferry.source import capture as cap
 from mongoferry.state.endpoints import Endpoints, open_endpoints
@@ -91,7 +92,7 @@ class SyncJob:
                  throttle: Throttle | None = None) -> None:
         self.s = settings
         # one limit for everything the job writes: copied documents and applied events
-        self.throttle = throttle or Throttle(settings.max_docs_per_s, settings.max_bytes_per_s)
+        self.throttle = throttle or job_throttle(settings, SourceHealth(ends.src))
         self.ends = ends
         self.status = status
         self.stop = stop

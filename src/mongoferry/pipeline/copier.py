@@ -33,7 +33,8 @@ from mongoferry.infra.clients import RAW, Client, driver_errors, namespace_chang
 from mongoferry.infra.config import CopySettings
 from mongoferry.infra.progress import Reporter
 from mongoferry.pipeline.counts import count_rows
-from mongoferry.pipeline.throttle import Throttle
+from mongoferry.pipeline.source_health import SourceHealth
+from mongoferry.pipeline.throttle import Throttle, job_throttle
 from mongoferry.sinks.base import CopySink
 from mongoferry.sinks.mongo import MongoWriter
 from mongoferry.source import catalog, partition
@@ -94,7 +95,7 @@ class Copier:
         self._lock = threading.Lock()
         self._remaining: dict[str, int] = {}
         # one throttle per job, shared with its pipeline and its HTTP API (changed while running)
-        self.throttle = throttle or Throttle(settings.max_docs_per_s, settings.max_bytes_per_s)
+        self.throttle = throttle or job_throttle(settings, SourceHealth(src))
 
     # ---------------------------------------------------------------- validation (read-only)
     def fingerprint(self) -> dict[str, Any]:

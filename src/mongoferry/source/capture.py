@@ -397,9 +397,17 @@ def _oplog_batch_position(assembler: TransactionAssembler, last_ts: Timestamp) -
 # time range is read again and that read is what the capture hands on. (MongoDB's oplog visibility
 # rules prevent holes for tailable cursors; SecantusDB shows them, a few entries per thousand, just
 # as a cursor catches up with the writes; they appear within milliseconds. A re-read scans the whole
-# oplog there, so it happens at most once per REREAD_EVERY_S while the writes go on.)
+# oplog there, so while the writes go on it happens at most once per REREAD_EVERY_S, and no more
+# often than one REREAD_COST_SHARE of the time: a re-read that took 1 s waits 10 s for the next.
+# On MongoDB a time-range read of the oplog is a seek, so the pace stays at once a second.)
 SETTLE_S = 0.25
 REREAD_EVERY_S = 1.0
+REREAD_COST_SHARE = 0.1
+
+
+def next_reread_after(took_s: float) -> float:
+    """Seconds from the end of a re-read to the earliest next one while writes go on."""
+    return max(REREAD_EVERY_S, took_s / REREAD_COST_SHARE)
 
 
 def leaves_room(before: Timestamp | None, entries: list[dict[str, Any]]) -> bool:
@@ -432,7 +440,7 @@ class OplogCapture:
         self.last_ts = start.ts  # the newest entry read from the cursor
         self.emitted_ts = start.ts  # the newest entry handed on
         self.held: list[tuple[dict[str, Any], float, bool]] = []  # entry, when it may go, fresh when read
-        self._verified_at = 0.0
+        self._reread_due = 0.0  # while more entries are held, no re-read before this (monotonic)
         self._last_entry: Timestamp | None = None  # the last entry handed on (not a quiet time)
         self._probe: tuple[Timestamp, float] | None = None  # the cluster time, and when it was read
 
@@ -492,12 +500,13 @@ class OplogCapture:
         if not any(fresh for _, _, fresh in self.held[:ready]) or not leaves_room(self._last_entry, run):
             del self.held[:ready]
             return self._handed(run)
-        if now - self._verified_at < REREAD_EVERY_S and ready < len(self.held):
+        if now < self._reread_due and ready < len(self.held):
             return []
         upto = run[-1]["ts"]
         reread = list(self.client.local["oplog.rs"].find(
             {"ts": {"$gt": self.emitted_ts, "$lte": upto}}).sort("$natural", 1))
-        self._verified_at = now
+        done = time.monotonic()
+        self._reread_due = done + next_reread_after(done - now)
         if len(reread) > ready:
             log.info("oplog entries appeared behind the cursor; read again",
                      extra={"entries": len(reread) - ready, "upTo": f"{upto.time}:{upto.inc}"})

@@ -124,8 +124,11 @@ function render(view) {
     $("recent-errors").appendChild(li);
   }
   if (view.throttle) {
-    $("throttle-now").textContent = `now: ${view.throttle.maxDocsPerSecond ?? "no limit"} docs/s, `
-      + `${view.throttle.maxBytesPerSecond ?? "no limit"} bytes/s; throttled ${duration(view.throttle.throttledSeconds)}`;
+    const t = view.throttle;
+    const source = t.maxSourceLatencyMs ? `, source latency ≤ ${t.maxSourceLatencyMs} ms (now ${t.sourceLatencyMs ?? "?"} ms)` : "";
+    const holding = t.holdingFor ? `; holding: ${t.holdingFor}` : "";
+    $("throttle-now").textContent = `now: ${t.maxDocsPerSecond ?? "no limit"} docs/s, `
+      + `${t.maxBytesPerSecond ?? "no limit"} bytes/s${source}; throttled ${duration(t.throttledSeconds)}${holding}`;
   }
 }
 
@@ -159,7 +162,8 @@ async function start() {
   $("throttle-apply").addEventListener("click", (e) => {
     e.preventDefault();
     const body = {};
-    for (const [id, key] of [["throttle-docs", "maxDocsPerSecond"], ["throttle-bytes", "maxBytesPerSecond"]]) {
+    for (const [id, key] of [["throttle-docs", "maxDocsPerSecond"], ["throttle-bytes", "maxBytesPerSecond"],
+                             ["throttle-latency", "maxSourceLatencyMs"]]) {
       if ($(id).value !== "") body[key] = Number($(id).value);
     }
     control("/api/v1/throttle", body);
