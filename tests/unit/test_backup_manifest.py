@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import bson
 import pytest
@@ -12,7 +13,7 @@ from mongoferry.core.errors import UsageError
 from mongoferry.core.model import CollectionSpec
 from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.jobs.backup import harmful_renames, parse_sources
-from mongoferry.jobs.backup_admin import keep_from
+from mongoferry.jobs.backup_admin import backup_status, keep_from
 from mongoferry.jobs.restore import after, parse_time
 from mongoferry.sinks.archive.layout import (
     compress,
@@ -159,3 +160,43 @@ def test_metadata_json_is_mongodumps_canonical_form() -> None:
     assert '"v":{"$numberInt":"2"}' in text and '"collectionName":"c"' in text and '"type":"collection"' in text
     again = spec_from_metadata("db.c", text.encode())
     assert again.options == spec.options and again.indexes == spec.indexes and again.kind == "collection"
+
+
+def test_a_backups_status_says_running_stopped_or_silent_and_how_far_it_reaches() -> None:
+    m = manifest(chunk(100, 110), chunk(110, 120))
+    m.snapshots.append(Snapshot("s2", T(118)))  # being read
+    m.heartbeat = 125.0
+    running = backup_status("", m, now=130.0)
+    assert running["state"] == "RUNNING" and running["secondsSinceUpdate"] == 5.0
+    assert running["archiveLagSeconds"] == 10.0 and running["latestRestorable"].endswith("(120:0)")
+    assert running["snapshots"] == {"complete": 1, "reading": ["s2"]}
+    assert running["oplog"]["chunks"] == 2 and running["gaps"] == []
+    assert backup_status("", m, now=125.0 + m.busy_for() + 1)["state"] == "NOT RUNNING"  # killed, or stuck
+    m.heartbeat, m.stopped_at = None, 126.0
+    assert backup_status("", m, now=130.0)["state"] == "STOPPED"
+    assert backup_status("", manifest(snapshots=[Snapshot("s1", T(100))]), now=130.0)["latestRestorable"] is None
+
+
+def test_a_busy_archive_saves_a_heartbeat_between_its_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries arriving all the time keep a chunk pending for --chunk (60 s); the manifest is still
+    saved every COVER_EVERY_S, so a running backup never looks stopped to status or retention."""
+    from mongoferry.core.events import Batch, Position
+    from mongoferry.infra.storage import LocalStorage
+    from mongoferry.sinks.archive import oplog as sink_module
+    from mongoferry.sinks.archive.manifest import COVER_EVERY_S
+    from mongoferry.sinks.archive.oplog import OplogArchiveSink
+
+    clock = [1000.0]
+    monkeypatch.setattr(sink_module.time, "monotonic", lambda: clock[0])
+    storage = LocalStorage(tmp_path)
+    m = Manifest(source={}, compression="none", start=T(100), covered=T(100))
+    sink = OplogArchiveSink(storage, m, "none", chunk_s=60.0, chunk_bytes=1 << 30)
+    beats = []
+    for i in range(1, 60):  # one entry every half second for 30 s
+        clock[0] += 0.5
+        sink.apply(Batch(entries=[{"ts": T(100 + i), "op": "n", "o": {}}]))
+        sink.applied(Position(T(100 + i)))
+        beats.append(Manifest.load(storage).heartbeat if (tmp_path / "manifest.json").exists() else None)
+    assert sink.chunks_written == 0 and sink.pending  # no chunk was due
+    saved = [b for b in beats if b is not None]
+    assert len(set(saved)) >= 30 / COVER_EVERY_S - 1  # saved about every COVER_EVERY_S

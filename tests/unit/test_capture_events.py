@@ -139,3 +139,14 @@ def test_a_costly_re_read_waits_ten_times_its_cost_for_the_next() -> None:
 
     assert next_reread_after(0.005) == REREAD_EVERY_S  # MongoDB: a seek, once a second
     assert next_reread_after(1.2) == pytest.approx(12.0)  # SecantusDB at 50k entries: a scan, a tenth of the time
+    assert next_reread_after(60.0) == 15.0  # one read stalled by a failover does not hold entries for 10 minutes
+
+
+def test_a_re_read_never_drops_what_the_tail_saw() -> None:
+    from mongoferry.source.capture import merge_reread
+
+    held = [{"ts": Timestamp(10, i), "n": i} for i in (1, 2, 3)]
+    filled = [{"ts": Timestamp(10, i), "n": i} for i in (1, 2, 3, 4)]  # a hole filled
+    assert merge_reread(held, filled) == filled
+    short = [held[0], held[2]]  # the oplog lost (10, 2) between the tail and the re-read
+    assert [e["ts"] for e in merge_reread(held, short)] == [Timestamp(10, 1), Timestamp(10, 2), Timestamp(10, 3)]

@@ -9,9 +9,10 @@ import httpx
 import pytest
 
 from mongoferry.core.errors import UsageError
+from mongoferry.core.pacing import eta_seconds
 from mongoferry.http.server import HttpServer, sync_app, throttle_limits
 from mongoferry.pipeline.throttle import Throttle
-from mongoferry.state.status import JobStatus, eta_seconds
+from mongoferry.state.status import JobStatus
 
 
 @pytest.mark.parametrize(("body", "expected"), [
@@ -25,7 +26,8 @@ def test_throttle_limits_accepted(body: dict[str, object], expected: dict[str, f
 
 
 @pytest.mark.parametrize("body", [None, {}, {"other": 1}, {"maxDocsPerSecond": -1}, {"maxDocsPerSecond": True},
-                                  {"maxDocsPerSecond": "fast"}, {"maxBytesPerSecond": float("inf")}])
+                                  {"maxDocsPerSecond": "fast"}, {"maxBytesPerSecond": float("inf")},
+                                  {"maxDocsPerSecond": 10**400}, {"maxSourceLatencyMs": float("nan")}])
 def test_throttle_limits_refused_with_a_reason(body: object) -> None:
     assert isinstance(throttle_limits(body), str)
 

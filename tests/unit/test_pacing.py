@@ -9,7 +9,13 @@ import pytest
 from bson import json_util
 
 from mongoferry.core.errors import UsageError
-from mongoferry.core.pacing import LatencyGuard, parse_window, replication_lag, seconds_until_open
+from mongoferry.core.pacing import (
+    LatencyGuard,
+    delayed_members,
+    parse_window,
+    replication_lag,
+    seconds_until_open,
+)
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "replset"
 
@@ -49,6 +55,14 @@ def test_lag_is_the_slowest_healthy_secondary() -> None:
     status = json_util.loads((FIXTURES / "status_three_members.json").read_text())
     # db2 is 35 s behind; db3 is down (not replicating) and the arbiter holds no data
     assert replication_lag(status) == 35.0
+
+
+def test_a_member_delayed_on_purpose_is_not_waited_for() -> None:
+    status = json_util.loads((FIXTURES / "status_three_members.json").read_text())
+    config = json_util.loads((FIXTURES / "config_delayed_member.json").read_text())  # db2: secondaryDelaySecs 3600
+    assert delayed_members(config) == {2}
+    assert replication_lag(status, delayed_members(config)) == 2.0  # db1 is 2 s behind
+    assert delayed_members({"config": {"members": [{"_id": 0, "slaveDelay": 60}]}}) == {0}  # before 5.0
 
 
 def test_no_secondaries_no_lag() -> None:

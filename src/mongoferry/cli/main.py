@@ -259,11 +259,15 @@ def status_options(fn: F) -> F:
 
 @main.command()
 @status_options
+@click.option("--from", "backup", metavar="BACKUP",
+              help=env_help("A backup (directory or s3://BUCKET/PREFIX): show its status from its manifest.",
+                            "backup"))
 @click.option("--json", "as_json", is_flag=True, help="Print the progress document as JSON.")
 @common_options
 @click.pass_context
 def status(ctx: click.Context, /, as_json: bool, **values: Any) -> None:
-    """Show a job's state, lag, counts and events from its metadata database.
+    """Show a job's state, lag, counts and events from its metadata database
+    (sync, split, copy, prune), or a backup's from its manifest (--from).
 
     Works whether or not the job's HTTP server is reachable.
     """

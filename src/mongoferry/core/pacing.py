@@ -65,9 +65,17 @@ def seconds_until_open(windows: Sequence[Window], now: dt.datetime) -> float:
     return max(0.0, min(waits))
 
 
-def replication_lag(status: Mapping[str, Any]) -> float:
-    """Seconds the slowest healthy secondary is behind the primary, from a replSetGetStatus reply."""
-    members = status.get("members") or []
+def delayed_members(config: Mapping[str, Any]) -> set[Any]:
+    """The `_id`s of members a replSetGetConfig reply says are delayed on purpose (their lag is no
+    sign of trouble: waiting for one would wait forever)."""
+    members = (config.get("config") or config).get("members") or []
+    return {m.get("_id") for m in members if (m.get("secondaryDelaySecs") or m.get("slaveDelay") or 0) > 0}
+
+
+def replication_lag(status: Mapping[str, Any], skip: set[Any] | frozenset[Any] = frozenset()) -> float:
+    """Seconds the slowest healthy secondary (not in `skip`: delayed members) is behind the
+    primary, from a replSetGetStatus reply."""
+    members = [m for m in status.get("members") or [] if m.get("_id") not in skip]
     primary = next((m for m in members if m.get("state") == 1), None)
     if primary is None or not isinstance(primary.get("optimeDate"), dt.datetime):
         return 0.0
@@ -116,3 +124,12 @@ def mean_op_latency_ms(before: Mapping[str, Any], after: Mapping[str, Any]) -> f
     if ops <= 0 or micros < 0:
         return None
     return micros / ops / 1000.0
+
+
+def eta_seconds(done: int, total: int, elapsed_s: float) -> float | None:
+    """Seconds left at the rate so far; None before there is a rate (or with nothing to estimate)."""
+    if total <= 0 or done >= total:
+        return 0.0 if total > 0 or done > 0 else None
+    if done <= 0 or elapsed_s <= 0:
+        return None
+    return round((total - done) * elapsed_s / done, 1)

@@ -72,7 +72,7 @@ def throttle_limits(body: Any) -> dict[str, float | None] | str:
             continue
         value = body[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not math.isfinite(value) or value < 0):
+                                  or not 0 <= value <= 1e15 or not math.isfinite(value)):
             return f"{key} must be a number >= 0 (0 or null: no limit), not {json.dumps(value)}"
         out[key] = float(value) or None if value is not None else None
     return out

@@ -288,6 +288,8 @@ class ReplayOplogSettings(Settings):
 
 class StatusSettings(Settings):
     dst: str | None = None
+    backup: str | None = Field(None, description="--from: a backup's directory or s3://BUCKET/PREFIX (its status "
+                               "is read from its manifest)")
     meta: str | None = None
     meta_db: str = "mongoferry_meta"
     job: str | None = Field(None, pattern=JOB_NAME)

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mongoferry.core.pacing import eta_seconds
+
 log = logging.getLogger("mongoferry.progress")
 
 
@@ -32,6 +34,8 @@ class NsProgress:
     docs: int = 0
     bytes: int = 0
     done: bool = False
+    start_docs: int = 0  # copied before this run (a resumed copy): the rate counts this run's only
+    moving_since: float | None = None  # monotonic time of its first advance (a queued namespace is not slow)
 
 
 class Reporter(Protocol):
@@ -49,13 +53,16 @@ class _Base:
 
     def add(self, src: str, dst: str, total_docs: int, total_bytes: int, docs: int = 0, bytes_: int = 0) -> None:
         with self.lock:
-            self.rows[src] = NsProgress(src, dst, total_docs, total_bytes, docs, bytes_)
+            self.rows[src] = NsProgress(src, dst, total_docs, total_bytes, docs, bytes_, start_docs=docs)
 
     def advance(self, src: str, docs: int, bytes_: int) -> None:
         with self.lock:
             r = self.rows[src]
             r.docs += docs
             r.bytes += bytes_
+            r.start_docs = min(r.start_docs, r.docs)  # a range read again from its start takes back its count
+            if r.moving_since is None:
+                r.moving_since = time.monotonic()
 
     def finish(self, src: str) -> None:
         with self.lock:
@@ -92,9 +99,15 @@ class JsonReporter(_Base):
                 continue
             self._last[r.src] = r.docs
             log.info("copy progress", extra={"ns": r.src, "dst": r.dst, "docs": r.docs, "totalDocs": r.total_docs,
-                                             "bytes": r.bytes, "totalBytes": r.total_bytes, "done": r.done})
+                                             "bytes": r.bytes, "totalBytes": r.total_bytes, "done": r.done,
+                                             "etaSeconds": 0.0 if r.done else None if r.moving_since is None
+                                             else eta_seconds(r.docs - r.start_docs, r.total_docs - r.start_docs,
+                                                              time.monotonic() - r.moving_since)})
         docs, total, _, _ = self.totals()
-        log.info("copy total", extra={"docs": docs, "totalDocs": total, "docsPerSec": round(docs / elapsed)})
+        with self.lock:
+            resumed = sum(r.start_docs for r in self.rows.values())
+        log.info("copy total", extra={"docs": docs, "totalDocs": total, "docsPerSec": round((docs - resumed) / elapsed),
+                                      "etaSeconds": eta_seconds(docs - resumed, total - resumed, elapsed)})
 
     def finish(self, src: str) -> None:
         super().finish(src)
@@ -121,6 +134,7 @@ class RichReporter(_Base):
             transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
+        self.total: TaskID | None = None
         self.progress.start()
 
     def add(self, src: str, dst: str, total_docs: int, total_bytes: int, docs: int = 0, bytes_: int = 0) -> None:
@@ -128,6 +142,19 @@ class RichReporter(_Base):
         label = src if src == dst else f"{src} → {dst}"
         self.tasks[src] = self.progress.add_task(label, total=max(total_docs, 1), completed=docs,
                                                  size=human_bytes(bytes_), rate="")
+        if len(self.tasks) == 2:  # more than one namespace: a total line, with the whole copy's ETA
+            docs, total, _, _ = self.totals()  # started at the resumed count: that jump is not speed
+            self.total = self.progress.add_task("all namespaces", total=max(total, docs, 1), completed=docs,
+                                                size="", rate="")
+        self._update_total()
+
+    def _update_total(self) -> None:
+        if self.total is None:
+            return
+        docs, total, nbytes, _ = self.totals()
+        speed = self.progress.tasks[self.total].speed or 0.0
+        self.progress.update(self.total, completed=docs, total=max(total, docs, 1), size=human_bytes(nbytes),
+                             rate=f"{speed:,.0f}/s" if speed else "")
 
     def advance(self, src: str, docs: int, bytes_: int) -> None:
         super().advance(src, docs, bytes_)
@@ -136,11 +163,13 @@ class RichReporter(_Base):
         speed = task.speed or 0.0
         self.progress.update(self.tasks[src], completed=r.docs, total=max(r.total_docs, r.docs, 1),
                              size=human_bytes(r.bytes), rate=f"{speed:,.0f}/s" if speed else "")
+        self._update_total()
 
     def finish(self, src: str) -> None:
         super().finish(src)
         r = self.rows[src]
         self.progress.update(self.tasks[src], completed=r.docs, total=max(r.docs, 1))
+        self._update_total()
 
     def close(self) -> None:
         self.progress.stop()

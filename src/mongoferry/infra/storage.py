@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -205,6 +206,7 @@ def _reraise_unless_checksum(exc: Exception, attempt: int, url: str, key: str) -
     if attempt + 1 >= CHECKSUM_ATTEMPTS:
         raise ConnectError(f"{url}/{key} failed its checksum {CHECKSUM_ATTEMPTS} times in a row",
                            "check the S3 server and the network; nothing was read from it") from exc
+    time.sleep(0.1 * 2**attempt)  # a replacement in progress takes a moment to finish
 
 
 def open_storage(url: str, option: str, create: bool = False) -> Storage:

@@ -30,6 +30,7 @@ from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.http.server import HttpServer, backup_app, parse_bind, secret
 from mongoferry.infra.clients import Client, connect, driver_errors, validate_uri
 from mongoferry.infra.config import BackupSettings, CopySettings
+from mongoferry.infra.logs import resolve_format
 from mongoferry.infra.progress import make_reporter
 from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.infra.storage import Prefixed, Storage, open_storage
@@ -147,6 +148,7 @@ class SourceBackup:
     pipeline: Pipeline | None = None
     completed: int = 0
     throttle: Throttle | None = None  # the job's limit on the documents a snapshot reads
+    progress_format: str = "quiet"  # how a snapshot's copy shows its progress (rich, json, quiet)
 
     # ------------------------------------------------------------------ setup (read-only until `open`)
     def check(self) -> None:
@@ -187,6 +189,7 @@ class SourceBackup:
             log.info("backup starting", extra={"source": self.name or "-", "to": self.storage.url,
                                                "start": ts_text(start)})
         else:
+            self.manifest.save(self.storage)  # running again: a heartbeat before anything else (retention waits)
             log.info("backup resuming", extra={"source": self.name or "-", "to": self.storage.url,
                                                "from": ts_text(self.manifest.position or Timestamp(0, 0))})
         self.sink = OplogArchiveSink(self.storage, self.manifest, self.manifest.compression, self.s.chunk,
@@ -223,14 +226,15 @@ class SourceBackup:
         self.run = run
 
     def _copy(self, run: SnapshotRun) -> None:
+        reporter = make_reporter(self.progress_format)
         try:
             settings = CopySettings.model_validate({
                 "src": self.uri, "include": self.s.include, "exclude": self.s.exclude, "workers": self.s.workers,
                 "batch_size": self.s.batch_size, "ranges": "off", "drop_dst": True})
             run.progress = SnapshotProgress(self.storage, run.snapshot.id)
             run.sink = ArchiveCopySink(self.storage, run.snapshot.id, self.manifest.compression)
-            copier = Copier(settings, self.client, None, run.progress, self.nsmap, make_reporter("quiet"), self.stop,
-                            kind="backup", sink=run.sink, whole=True, throttle=self.throttle)
+            copier = Copier(settings, self.client, None, run.progress, self.nsmap, reporter, self.stop, kind="backup",
+                            sink=run.sink, whole=True, throttle=self.throttle)
             run.copier = copier
             copier.validate()
             copier.initialise()
@@ -250,6 +254,7 @@ class SourceBackup:
         except BaseException as exc:
             run.error = exc
         finally:
+            reporter.close()
             if run.sink is not None:
                 run.sink.close()
 
@@ -322,6 +327,9 @@ class SourceBackup:
             self.run.thread.join(timeout=30)
         if self.pipeline is not None:
             self.pipeline.close()
+        if self.sink is not None and not (self.run is not None and self.run.thread is not None
+                                          and self.run.thread.is_alive()):
+            self.manifest.save(self.storage, running=False)  # the last save: stopped (a kill never gets here)
 
 
 def run_backup(settings: BackupSettings) -> int:
@@ -339,6 +347,8 @@ def run_backup(settings: BackupSettings) -> int:
     backups: list[SourceBackup] = []
     health = SourceHealth()  # watches each source as it connects
     throttle = job_throttle(settings, health)
+    shown = resolve_format(settings.log_format)  # one terminal holds one live display: rich for one source only
+    shown = shown if shown == "json" or (shown == "rich" and len(sources) == 1) else "quiet"
     # built (and its address and token checked) before anything is written; started once open
     http = HttpServer(backup_app(status, lambda: describe(backups), throttle), *bind,
                       token=secret(settings.http_token), guarded=True) if bind else None
@@ -349,7 +359,8 @@ def run_backup(settings: BackupSettings) -> int:
                 clients.append(client)
                 health.clients.append(client)
                 storage = Prefixed(root, name) if name else root
-                backup = SourceBackup(settings, name, uri, client, storage, nsmap, stop, JobStatus(), throttle=throttle)
+                backup = SourceBackup(settings, name, uri, client, storage, nsmap, stop, JobStatus(), throttle=throttle,
+                                      progress_format=shown)
                 backup.check()
                 backups.append(backup)
             if len(sources) > 1:

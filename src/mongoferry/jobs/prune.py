@@ -35,6 +35,7 @@ from mongoferry.http.server import HttpServer, parse_bind, prune_app, secret
 from mongoferry.infra.clients import Client, connect, driver_errors, is_transient, namespace_changed, validate_uri
 from mongoferry.infra.config import PruneSettings
 from mongoferry.infra.runtime import stop_on_signals
+from mongoferry.pipeline.source_health import delayed_of
 from mongoferry.pipeline.throttle import Throttle
 from mongoferry.source.catalog import describe, list_namespaces
 from mongoferry.state.meta import Job, MetaStore
@@ -149,6 +150,7 @@ class PruneJob:
         self._lag_checked = 0.0
         self._lag = 0.0
         self._lag_known = True
+        self._delayed: set[Any] | None = None  # members delayed on purpose: their lag is not waited for
         self._last_persist = 0.0
         self._last_progress = time.monotonic()
 
@@ -337,7 +339,9 @@ class PruneJob:
             return self._lag
         self._lag_checked = time.monotonic()
         try:
-            self._lag = replication_lag(self.client.admin.command("replSetGetStatus"))
+            if self._delayed is None:
+                self._delayed = delayed_of(self.client)
+            self._lag = replication_lag(self.client.admin.command("replSetGetStatus"), self._delayed)
         except OperationFailure:  # not a replica set, or not allowed: no secondaries we can see
             if self._lag_known:
                 log.info("replication lag not available here (not a replica set, or no clusterMonitor role): "

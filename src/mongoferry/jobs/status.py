@@ -40,6 +40,10 @@ def _job(meta: MetaStore) -> dict[str, Any]:
 
 
 def run_status(s: StatusSettings, as_json: bool) -> int:
+    if s.backup:  # a backup keeps no metadata database: its manifest says how it is doing
+        from mongoferry.jobs.backup_admin import run_backup_status
+
+        return run_backup_status(s.backup, as_json)
     meta = _meta(s)
     doc = _job(meta)
     snap: dict[str, Any] = dict(doc.get("extra", {}).get("status") or {})

@@ -13,10 +13,13 @@ waited is counted by reason.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 HOLD_STEP_S = 0.5
 REASONS = ("rate", "source-latency", "replication-lag")
@@ -39,7 +42,9 @@ class Throttle:
     max_source_lag_s: float | None = None
     health: Health | None = None  # how the source is doing; without it the two source limits wait for nothing
     waited_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(REASONS, 0.0))
-    holding_for: str | None = None  # the reason a batch is waiting right now (source limits only)
+    holding_for: str | None = None  # the reason batches are waiting right now (source limits only)
+    _holders: int = 0  # threads held by a source limit now
+    _hold_said: float = 0.0  # when a hold was last logged (once a minute while it lasts)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _docs: float = 0.0
     _bytes: float = 0.0
@@ -107,13 +112,40 @@ class Throttle:
         pause = self.delay(docs, nbytes, time.monotonic())
         if pause > 0:
             self._sleep("rate", pause, stop)
-        while (reason := self.hold_reason()) is not None and not (stop is not None and stop.is_set()):
-            self.holding_for = reason
-            self._sleep(reason, HOLD_STEP_S, stop)
-        self.holding_for = None
+        reason = self.hold_reason()
+        if reason is None:
+            return
+        with self._lock:
+            self._holders += 1
+        try:
+            while reason is not None and not (stop is not None and stop.is_set()):
+                self.holding_for = reason
+                self._say_held(reason)
+                self._sleep(reason, HOLD_STEP_S, stop)
+                reason = self.hold_reason()
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    self.holding_for = None
+
+    def _say_held(self, reason: str) -> None:
+        """A hold is logged when it starts and once a minute while it lasts: a limit set below the
+        source's normal latency (or a lag that never closes) would otherwise stall the job quietly."""
+        now = time.monotonic()
+        if now - self._hold_said < 60.0:
+            return
+        self._hold_said = now
+        health = self.health
+        log.warning("holding: the source is above a limit", extra={
+            "reason": reason, "sourceLatencyMs": _round(health.latency_ms if health else None),
+            "maxSourceLatencyMs": self.max_source_latency_ms,
+            "sourceLagSeconds": _round(health.lag_s if health else None), "maxSourceLagSeconds": self.max_source_lag_s,
+            "heldSeconds": round(self.waited_s[reason], 1)})
 
     def _sleep(self, reason: str, seconds: float, stop: threading.Event | None) -> None:
-        self.waited_s[reason] += seconds
+        with self._lock:
+            self.waited_s[reason] += seconds  # thread-seconds: N readers held one second count N
         if stop is not None:
             stop.wait(seconds)
         else:

@@ -398,16 +398,30 @@ def _oplog_batch_position(assembler: TransactionAssembler, last_ts: Timestamp) -
 # rules prevent holes for tailable cursors; SecantusDB shows them, a few entries per thousand, just
 # as a cursor catches up with the writes; they appear within milliseconds. A re-read scans the whole
 # oplog there, so while the writes go on it happens at most once per REREAD_EVERY_S, and no more
-# often than one REREAD_COST_SHARE of the time: a re-read that took 1 s waits 10 s for the next.
+# often than one REREAD_COST_SHARE of the time: a re-read that took 1 s waits 10 s for the next
+# (never more than REREAD_AT_MOST_S: one slow read during a failover must not hold entries long).
 # On MongoDB a time-range read of the oplog is a seek, so the pace stays at once a second.)
 SETTLE_S = 0.25
 REREAD_EVERY_S = 1.0
 REREAD_COST_SHARE = 0.1
+REREAD_AT_MOST_S = 15.0
 
 
 def next_reread_after(took_s: float) -> float:
     """Seconds from the end of a re-read to the earliest next one while writes go on."""
-    return max(REREAD_EVERY_S, took_s / REREAD_COST_SHARE)
+    return min(REREAD_AT_MOST_S, max(REREAD_EVERY_S, took_s / REREAD_COST_SHARE))
+
+
+def merge_reread(held: list[dict[str, Any]], reread: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The re-read, plus any held entry it lacks (an oplog truncated meanwhile, or a server's
+    quirk), in ts order: a re-read fills holes, it never drops what the tail already saw."""
+    seen = {e["ts"] for e in reread}
+    missing = [e for e in held if e["ts"] not in seen]
+    if not missing:
+        return reread
+    log.warning("a re-read of the oplog lacked entries the tail had read; keeping them",
+                extra={"entries": len(missing)})
+    return sorted([*reread, *missing], key=lambda e: e["ts"])  # stable: equal ts keep their order
 
 
 def leaves_room(before: Timestamp | None, entries: list[dict[str, Any]]) -> bool:
@@ -511,7 +525,7 @@ class OplogCapture:
             log.info("oplog entries appeared behind the cursor; read again",
                      extra={"entries": len(reread) - ready, "upTo": f"{upto.time}:{upto.inc}"})
         del self.held[:ready]
-        return self._handed(reread)
+        return self._handed(merge_reread(run, reread))
 
     def _handed(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if entries:

@@ -12,21 +12,13 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from mongoferry.core.pacing import eta_seconds
 from mongoferry.infra.progress import Reporter
 
 STATES = ("COPYING", "CATCHING_UP", "RUNNING", "PAUSED", "COMMITTING", "COMMIT_FAILED", "COMMITTED",
           "SOURCE_UNREACHABLE")
 EVENT_TYPES = ("insert", "update", "replace", "delete", "ddl", "txn", "skipped")
 RECENT_ERRORS = 20
-
-
-def eta_seconds(done: int, total: int, elapsed_s: float) -> float | None:
-    """Seconds left at the rate so far; None before there is a rate (or with nothing to estimate)."""
-    if total <= 0 or done >= total:
-        return 0.0 if total > 0 or done > 0 else None
-    if done <= 0 or elapsed_s <= 0:
-        return None
-    return round((total - done) * elapsed_s / done, 1)
 
 
 def recent_error(errors: deque[dict[str, str]], message: str | None) -> None:

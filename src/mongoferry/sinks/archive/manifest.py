@@ -97,14 +97,16 @@ class Manifest:
     start: Timestamp | None = None  # where the oplog archive begins: the first snapshot's start
     covered: Timestamp | None = None  # the oplog is archived up to here
     chunk_s: float = 60.0  # the writing backup's --chunk: it saves at least this often while running
-    heartbeat: float | None = None  # wall time of the last save
+    heartbeat: float | None = None  # wall time of the last save by a running backup
+    stopped_at: float | None = None  # wall time of a clean stop (None while running, or after a kill)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _saving: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # ------------------------------------------------------------------ storage
     def to_doc(self) -> dict[str, Any]:
         return {"format": FORMAT, "source": self.source, "compression": self.compression,
                 "selection": self.selection, "start": self.start, "covered": self.covered,
-                "chunkSeconds": self.chunk_s, "heartbeat": self.heartbeat,
+                "chunkSeconds": self.chunk_s, "heartbeat": self.heartbeat, "stoppedAt": self.stopped_at,
                 "snapshots": [s.to_doc() for s in self.snapshots], "chunks": [c.to_doc() for c in self.chunks]}
 
     @classmethod
@@ -112,6 +114,7 @@ class Manifest:
         return cls(source=d.get("source", {}), compression=d.get("compression", "gzip"),
                    selection=d.get("selection", {}), start=d.get("start"), covered=d.get("covered"),
                    chunk_s=float(d.get("chunkSeconds", 60.0)), heartbeat=d.get("heartbeat"),
+                   stopped_at=d.get("stoppedAt"),
                    snapshots=[Snapshot.from_doc(s) for s in d.get("snapshots", [])],
                    chunks=[Chunk.from_doc(c) for c in d.get("chunks", [])])
 
@@ -125,11 +128,17 @@ class Manifest:
             raise ValueError(f"{MANIFEST} is not a mongoferry backup manifest (format {doc.get('format')!r})")
         return cls.from_doc(doc)
 
-    def save(self, storage: Storage) -> None:
-        with self.lock:
-            self.heartbeat = time.time()
-            data = dumps(self.to_doc())
-        storage.put(MANIFEST, data)
+    def save(self, storage: Storage, running: bool | None = True) -> None:
+        """Store it: by the running backup (a heartbeat), at its clean stop (`running=False`: no
+        heartbeat, so retention need not wait), or by another command (`None`: both left as they are).
+        Saves land in the order they were made (one at a time, serialized and stored together)."""
+        with self._saving:
+            with self.lock:
+                now = time.time()
+                if running is not None:
+                    self.heartbeat, self.stopped_at = (now, None) if running else (None, now)
+                data = dumps(self.to_doc())
+            storage.put(MANIFEST, data)
 
     def busy_for(self) -> float:
         """How long after its last save a running backup may go before it saves again."""

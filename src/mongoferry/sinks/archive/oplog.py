@@ -89,6 +89,9 @@ class OplogArchiveSink:
         elif (not self.pending and time.monotonic() - self._last_cover >= COVER_EVERY_S) or (
                 not self.pending and self.reach is not None and handed.ts >= self.reach):
             self.cover(handed.ts)
+        elif time.monotonic() - self._last_cover >= COVER_EVERY_S:
+            self.manifest.save(self.storage)  # entries pending, no chunk due yet: a heartbeat (retention waits)
+            self._last_cover = time.monotonic()
         return Position(self.saved)
 
     def cut(self, until: Timestamp) -> None:
