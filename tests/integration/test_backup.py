@@ -8,6 +8,7 @@ snapshot, and must still restore to the source's latest state.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import json
@@ -128,12 +129,13 @@ def test_a_backup_once_restores_byte_identical_with_options_views_and_indexes(tm
         assert result.code == 0, result.text
         assert complete_snapshots(folder) == 1
         snap = next((folder / "snapshots").iterdir())
-        # mongodump's layout: <db>/<coll>.bson.gz and .metadata.json, oplog.bson at the top
-        assert (snap / "shop" / "orders.bson.gz").is_file() and (snap / "shop" / "orders.metadata.json").is_file()
-        assert (snap / "shop" / "big_orders.metadata.json").is_file()
+        # mongodump --gzip's layout (what mongorestore --gzip --oplogReplay reads): <db>/<coll>.bson.gz and
+        # <db>/<coll>.metadata.json.gz, a plain oplog.bson at the top
+        assert (snap / "shop" / "orders.bson.gz").is_file() and (snap / "shop" / "orders.metadata.json.gz").is_file()
+        assert (snap / "shop" / "big_orders.metadata.json.gz").is_file()
         assert not (snap / "shop" / "big_orders.bson.gz").exists()  # a view has metadata only
-        assert (snap / "oplog.bson.gz").is_file()
-        meta = json.loads((snap / "shop" / "orders.metadata.json").read_text())
+        assert (snap / "oplog.bson").is_file() and not (snap / "oplog.bson.gz").exists()
+        meta = json.loads(gzip.decompress((snap / "shop" / "orders.metadata.json.gz").read_bytes()))
         assert meta["collectionName"] == "orders" and meta["type"] == "collection"
         assert {ix["name"] for ix in meta["indexes"]} == {"_id_", "by_user"}
 
@@ -445,34 +447,38 @@ def test_one_namespace_restored_under_another_name(tmp_path: Path) -> None:
         assert raw_docs(dst, "recovered.orders_copy") == raw_docs(src, "shop.orders")
 
 
-def _write_mongodump_dir(src: EmbeddedServer, out: Path) -> Timestamp:
-    """A dump shaped exactly as mongodump --oplog writes it (canonical extended JSON metadata,
-    raw BSON, oplog.bson of the entries during the dump), built from the server's own data."""
+def _write_mongodump_dir(src: EmbeddedServer, out: Path, gz: bool = False) -> Timestamp:
+    """A dump shaped exactly as mongodump --oplog [--gzip] writes it (canonical extended JSON metadata,
+    raw BSON, both gzip'd with --gzip; a plain oplog.bson of the entries during the dump), built from
+    the server's own data."""
     with src.client() as c:
         oplog = c.local["oplog.rs"]
         start = oplog.find_one({}, sort=[("$natural", -1)])["ts"]
         (out / "shop").mkdir(parents=True)
         coll = c.shop.get_collection("orders", codec_options=RAW)
-        with (out / "shop" / "orders.bson").open("wb") as f:
+        suffix = ".gz" if gz else ""
+        with (gzip.open if gz else open)(out / "shop" / f"orders.bson{suffix}", "wb") as f:
             for i, doc in enumerate(coll.find()):
                 f.write(doc.raw)
                 if i == 10:  # a write during the dump, in its oplog
                     c.shop.orders.update_one({"_id": 5}, {"$set": {"during": True}})
         meta = {"indexes": [dict(ix) for ix in c.shop.orders.list_indexes()],
                 "uuid": "0123456789abcdef0123456789abcdef", "collectionName": "orders", "type": "collection"}
-        (out / "shop" / "orders.metadata.json").write_text(
-            bson.json_util.dumps(meta, json_options=bson.json_util.CANONICAL_JSON_OPTIONS))
+        text = bson.json_util.dumps(meta, json_options=bson.json_util.CANONICAL_JSON_OPTIONS).encode()
+        (out / "shop" / f"orders.metadata.json{suffix}").write_bytes(gzip.compress(text) if gz else text)
         end = oplog.find_one({}, sort=[("$natural", -1)])["ts"]
-        with (out / "oplog.bson").open("wb") as f:
+        # mongodump --gzip writes its oplog gzip'd under the plain name oplog.bson
+        with (gzip.open if gz else open)(out / "oplog.bson", "wb") as f:
             for entry in oplog.with_options(codec_options=RAW).find({"ts": {"$gt": start, "$lte": end}}):
                 f.write(entry.raw)
     return end
 
 
-def test_a_mongodump_directory_restores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_a_mongodump_directory_restores(tmp_path: Path, gz: bool) -> None:
     with EmbeddedServer(tmp_path / "src").start() as src, EmbeddedServer(tmp_path / "dst").start() as dst:
         seed(src, docs=200)
-        _write_mongodump_dir(src, tmp_path / "dump")
+        _write_mongodump_dir(src, tmp_path / "dump", gz)
         restore(tmp_path / "dump", dst)
         assert raw_docs(dst, "shop.orders") == raw_docs(src, "shop.orders")
         with dst.client() as d:

@@ -267,6 +267,18 @@ def test_view_create_through_system_views() -> None:
     assert [shape(u) for u in feed_all([create_system_views, insert])] == [[("ddl", "app.big_orders", None)]]
 
 
+def test_a_view_created_by_one_create_entry_replays_with_the_create_commands_field_names() -> None:
+    """SecantusDB logs a view as one `create` entry naming its pipeline `viewPipeline` (seen in a
+    `mongodump --oplog` of it); the create command takes `pipeline`."""
+    entry = {"op": "c", "ns": "crm.$cmd", "ui": bson.Binary(b"i" * 16, 4), "ts": Timestamp(1796644650, 708),
+             "o": {"create": "big_orders", "viewOn": "orders", "viewPipeline": [{"$match": {"total": {"$gt": 100}}}],
+                   "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}}
+    (event,) = entry_to_events(entry)
+    assert (event.op, event.ns) == ("ddl", "crm.big_orders")
+    assert event.ddl is not None and list(event.ddl) == ["create", "viewOn", "pipeline", "idIndex"]
+    assert event.ddl["pipeline"] == [{"$match": {"total": {"$gt": 100}}}]
+
+
 def test_view_modify_and_drop_through_system_views() -> None:
     update, delete = entries("view_modify_drop_60")
     (modified,) = entry_to_events(update)

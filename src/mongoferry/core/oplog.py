@@ -299,6 +299,10 @@ def _convert_command(entry: Mapping[str, Any], env: _Envelope, out: _Builder, fr
     elif command == "createIndexes" and "indexes" not in o:
         # The oplog writes one index spec inline; give the applier the same shape as commitIndexBuild.
         ddl = {"createIndexes": coll, "indexes": [{k: v for k, v in o.items() if k != "createIndexes"}]}
+    elif command == "create" and "viewPipeline" in o:
+        # SecantusDB logs a view's pipeline as `viewPipeline`, a name no server's create command
+        # takes (a mongodump --oplog of it fails to replay otherwise): `pipeline`, as MongoDB logs it.
+        ddl = {("pipeline" if k == "viewPipeline" else k): v for k, v in o.items()}
     else:
         ddl = dict(o)
     out.add(env, "ddl", f"{db}.{coll}", from_migrate=from_migrate, ddl=ddl)

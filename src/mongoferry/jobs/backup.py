@@ -40,6 +40,7 @@ from mongoferry.pipeline.source_health import SourceHealth
 from mongoferry.pipeline.throttle import Throttle, job_throttle
 from mongoferry.sinks.archive.layout import (
     CLUSTER_FILE,
+    SUFFIX,
     compress,
     compression_of,
     decompress,
@@ -282,9 +283,11 @@ class SourceBackup:
             self.run = None
             self.start_snapshot(None)
             return False
-        suffix = {"gzip": ".gz", "zstd": ".zst", "none": ""}[self.manifest.compression]
-        self.storage.put(snapshot_key(snap.id, "oplog.bson" + suffix),
-                         compress(b"".join(entries), self.manifest.compression))
+        # mongodump --gzip writes its oplog gzip'd under the plain name oplog.bson, the only name
+        # mongorestore --gzip --oplogReplay reads (restore replays the archive's chunks, not this file)
+        compression = self.manifest.compression
+        name = "oplog.bson" + (SUFFIX[compression] if compression == "zstd" else "")
+        self.storage.put(snapshot_key(snap.id, name), compress(b"".join(entries), compression))
         snap.state = "complete"
         self.manifest.save(self.storage)
         self.completed += 1

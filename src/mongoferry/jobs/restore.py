@@ -50,6 +50,7 @@ from mongoferry.sinks.archive.layout import (
     iter_bson,
     loads,
     open_reader,
+    read_metadata,
     snapshot_key,
     spec_from_metadata,
     ts_text,
@@ -131,9 +132,9 @@ def _snapshot_files(storage: Storage, prefix: str) -> dict[str, tuple[str | None
     out: dict[str, tuple[str | None, str]] = {}
     for key in keys:
         rel = key[len(prefix):]
-        if not rel.endswith(".metadata.json") or rel.count("/") != 1:
+        if not rel.endswith((".metadata.json", ".metadata.json.gz")) or rel.count("/") != 1:
             continue
-        db, name = rel.removesuffix(".metadata.json").split("/")
+        db, name = rel.removesuffix(".gz").removesuffix(".metadata.json").split("/")
         base = prefix + f"{db}/{name}.bson"
         found = next((k for k in (base, base + ".gz", base + ".zst") if k in data), None)
         out[f"{db}.{name}"] = (found, key)
@@ -199,7 +200,9 @@ def fetch_oplog(plan: Plan, into: Path) -> list[Path]:
         paths.append(path)
     if plan.dump_oplog:
         path = into / "oplog.bson"
-        body = decompress(plan.storage.get(plan.dump_oplog) or b"", compression_of(plan.dump_oplog))
+        data = plan.storage.get(plan.dump_oplog) or b""
+        # mongodump --gzip writes a gzip'd oplog.bson under that plain name: its magic bytes say so
+        body = decompress(data, "gzip" if data[:2] == b"\x1f\x8b" else compression_of(plan.dump_oplog))
         path.write_bytes(body)
         paths.append(path)
     return paths
@@ -211,8 +214,10 @@ def _spec(plan: Plan, ns: str) -> CollectionSpec:
     if meta_key and data is None:
         raise UsageError(f"{plan.label}: {meta_key} is missing", "the backup is incomplete")
     try:
-        return spec_from_metadata(ns, data) if data else CollectionSpec(ns=ns, kind="collection")
-    except (ValueError, bson.errors.InvalidBSON) as exc:
+        if not data:
+            return CollectionSpec(ns=ns, kind="collection")
+        return spec_from_metadata(ns, read_metadata(meta_key, data))
+    except (ValueError, OSError, EOFError, bson.errors.InvalidBSON) as exc:
         raise UsageError(f"{plan.label}: {meta_key} is not valid metadata JSON ({exc})",
                          "the backup is damaged") from None
 

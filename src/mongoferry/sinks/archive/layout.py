@@ -49,10 +49,21 @@ def snapshot_key(snapshot: str, rel: str) -> str:
 
 
 def collection_keys(snapshot: str, ns: str, compression: Compression) -> tuple[str, str]:
-    """The data and metadata keys of one namespace in a snapshot."""
+    """The data and metadata keys of one namespace in a snapshot: as `mongodump --gzip` names them
+    for gzip (`.bson.gz`, `.metadata.json.gz`: `mongorestore --gzip` reads only those), plain
+    metadata otherwise."""
     db, _, coll = ns.partition(".")
     base = snapshot_key(snapshot, f"{db}/{coll}")
-    return base + ".bson" + SUFFIX[compression], base + ".metadata.json"
+    return base + ".bson" + SUFFIX[compression], base + ".metadata.json" + (".gz" if compression == "gzip" else "")
+
+
+def metadata_bytes(key: str, text: bytes) -> bytes:
+    """A metadata file's bytes for its key (gzip'd under `.metadata.json.gz`)."""
+    return compress(text, "gzip") if key.endswith(".gz") else text
+
+
+def read_metadata(key: str, data: bytes) -> bytes:
+    return decompress(data, "gzip") if key.endswith(".gz") else data
 
 
 def chunk_key(first: Timestamp, last: Timestamp, compression: Compression) -> str:

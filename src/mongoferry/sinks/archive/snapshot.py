@@ -20,7 +20,13 @@ from bson.raw_bson import RawBSONDocument
 
 from mongoferry.core.model import CollectionSpec
 from mongoferry.infra.storage import Storage
-from mongoferry.sinks.archive.layout import Compression, collection_keys, metadata_json, open_writer
+from mongoferry.sinks.archive.layout import (
+    Compression,
+    collection_keys,
+    metadata_bytes,
+    metadata_json,
+    open_writer,
+)
 
 
 @dataclass
@@ -46,7 +52,7 @@ class ArchiveCopySink:
     def create(self, dst_ns: str, spec: CollectionSpec, view_on: str | None = None) -> None:
         _, meta_key = collection_keys(self.snapshot, dst_ns, self.compression)
         if spec.kind == "view":
-            self.storage.put(meta_key, metadata_json(spec, view_on))
+            self.storage.put(meta_key, metadata_bytes(meta_key, metadata_json(spec, view_on)))
             return
         self.drop(dst_ns)
         digest = hashlib.sha1(dst_ns.encode()).hexdigest()[:12]
@@ -76,7 +82,7 @@ class ArchiveCopySink:
         _close(current)
         data_key, meta_key = collection_keys(self.snapshot, dst_ns, self.compression)
         self.storage.put_file(data_key, current.path)
-        self.storage.put(meta_key, metadata_json(current.spec))
+        self.storage.put(meta_key, metadata_bytes(meta_key, metadata_json(current.spec)))
         with self.lock:
             self.stored_docs += current.docs
             self.stored_bytes += current.bytes
