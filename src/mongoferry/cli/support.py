@@ -108,7 +108,15 @@ def _connection_option_list(verb: str, dst_help: str | None) -> list[Callable[[F
         click.option("--exclude", multiple=True, help=env_help("Skip this DB or DB.COLL (repeatable).", "exclude")),
         click.option("--rename", multiple=True,
                      help=env_help("Rename OLD_DB=NEW_DB or DB.COLL=DB2.COLL2 (repeatable).", "rename")),
+        filter_option(verb),
     ]
+
+
+def filter_option(verb: str) -> Callable[[F], F]:
+    return click.option("--filter", multiple=True, metavar="DB.COLL=QUERY",
+                        help=env_help(f"{verb} only the documents of DB.COLL matching QUERY, a MongoDB query in "
+                                      "extended JSON (repeatable, one per collection; env: one per line).",
+                                      "filter"))
 
 
 def http_token_option() -> Callable[[F], F]:

@@ -5,6 +5,8 @@ The MongoDB sink (`sinks/mongo_apply.Applier`) calls these in order and does the
 2. `reads_needed`: which documents need the destination's current version (an update whose base
    is unknown), and which must be read from the source instead (`lookup`: an update that cannot
    be replayed exactly, or an insert/replace without its document);
+   `read_filtered` (a --filter): documents whose match may have changed are read from the source
+   too, with the filter, so the server decides whether they belong;
 3. `simulate`: each document's final state from its base and its events (diff_apply, as the
    server would), or a lookup when an update cannot be reproduced;
 4. `keep_owned` (a split): another part's document is deleted here, never written;
@@ -20,6 +22,7 @@ from typing import Any, Literal, Protocol
 import bson
 from bson.raw_bson import RawBSONDocument
 
+from mongoferry.core.doc_filter import Filters, may_change_match
 from mongoferry.core.events import ChangeEvent
 from mongoferry.core.model import DECODED
 from mongoferry.core.simulate import updated_document
@@ -88,6 +91,19 @@ def reads_needed(states: Mapping[Key, DocState], needs_lookup: Callable[[ChangeE
             elif not definite:
                 need_dst.setdefault(st.dst_ns, set()).add(key[1])
     return need_dst
+
+
+def read_filtered(states: Iterable[DocState], filters: Filters) -> None:
+    """In a filtered namespace, an insert, a replace, or an update that may touch a field the
+    filter reads is resolved by the source (read with the filter: not found means not here)."""
+    if not filters:
+        return
+    for st in states:
+        query = filters.get(st.src_ns)
+        if query is None or st.lookup:
+            continue
+        st.lookup = any(e.op in ("insert", "replace") or (e.op == "update" and may_change_match(query, e.update))
+                        for e in st.events)
 
 
 def simulate(st: DocState, base: dict[str, Any] | None, ownership: Ownership | None = None) -> int:

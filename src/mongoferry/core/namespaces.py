@@ -13,9 +13,11 @@ collection rule wins over the database rule.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from mongoferry.core.doc_filter import describe, parse_filters
 from mongoferry.core.errors import UsageError
 
 SYSTEM_DATABASES = frozenset({"admin", "config", "local"})
@@ -53,6 +55,8 @@ class NamespaceMap:
     # Time-series buckets are internal: copy and sync move measurements through the collection
     # itself, but an oplog replay must apply raw bucket writes as the dump recorded them.
     buckets: bool = False
+    # --filter: per source namespace, the query its documents must match (core/doc_filter).
+    filters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -62,6 +66,7 @@ class NamespaceMap:
         rename: Iterable[str] = (),
         meta_db: str = "mongoferry_meta",
         buckets: bool = False,
+        filters: Iterable[str] = (),
     ) -> NamespaceMap:
         inc, exc = tuple(include), tuple(exclude)
         for v in inc:
@@ -95,7 +100,7 @@ class NamespaceMap:
                         "give each source its own destination",
                     )
                 seen[d] = s
-        return cls(inc, exc, db_renames, coll_renames, meta_db, buckets)
+        return cls(inc, exc, db_renames, coll_renames, meta_db, buckets, parse_filters(list(filters)))
 
     def is_system(self, ns: str) -> bool:
         db, coll = split_ns(ns)
@@ -128,6 +133,10 @@ class NamespaceMap:
         """Destination namespace of a selected `ns`, or None when it is not moved."""
         return self.target(ns) if self.selected(ns) else None
 
+    def filter_of(self, ns: str) -> Mapping[str, Any] | None:
+        """The query a source namespace's documents must match, or None: all of them."""
+        return self.filters.get(ns)
+
     def map_db(self, db: str) -> str:
         return self.db_renames.get(db, db)
 
@@ -143,6 +152,10 @@ class NamespaceMap:
         for src in self.coll_renames:
             if src not in result:
                 raise UsageError(f"--rename {src!r} names a collection that is not copied", "check the name")
+        for src in self.filters:
+            if src not in result:
+                raise UsageError(f"--filter names {src}, which is not a selected collection on the source",
+                                 "check the name (a filter is keyed by the source namespace, before --rename)")
         owners: dict[str, str] = {}
         for src, dst in result.items():
             if dst in owners:
@@ -155,9 +168,12 @@ class NamespaceMap:
 
     def fingerprint(self) -> dict[str, object]:
         """What identifies the selection, stored with a job to refuse a changed rerun."""
-        return {
+        fp: dict[str, object] = {
             "include": sorted(self.include),
             "exclude": sorted(self.exclude),
             "rename": sorted([*(f"{k}={v}" for k, v in self.db_renames.items()),
                               *(f"{k}={v}" for k, v in self.coll_renames.items())]),
         }
+        if self.filters:  # absent without filters: a job started before filters existed still matches
+            fp["filter"] = describe(self.filters)
+        return fp

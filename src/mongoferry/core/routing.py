@@ -177,8 +177,8 @@ class Rule:
         if self.is_broadcast(ns) or not update:
             return False
         key = self.key_of(ns)
-        paths = _update_paths(update)
-        return paths is None or any(_overlaps(p, key) for p in paths)
+        paths = update_paths(update)
+        return paths is None or any(overlaps(p, key) for p in paths)
 
     def describe(self, no_unrouted: str = "refused") -> str:
         how = {"mod": f"{self.key} mod {self.parts}", "hash": f"sha256({self.key}) mod {self.parts}",
@@ -201,13 +201,13 @@ def bson_type(value: Any) -> str:
     return _TYPE_ALIASES.get(code, str(code))
 
 
-def _overlaps(path: str, key: str) -> bool:
+def overlaps(path: str, key: str) -> bool:
     a, b = path.split("."), key.split(".")
     n = min(len(a), len(b))
     return a[:n] == b[:n]
 
 
-def _update_paths(u: Mapping[str, Any]) -> list[str] | None:
+def update_paths(u: Mapping[str, Any]) -> list[str] | None:
     """Top-level-or-dotted paths an update names; None when they cannot be listed."""
     if "updatedFields" in u or "removedFields" in u:  # a change event's description
         paths = [*u.get("updatedFields", {}), *u.get("removedFields", [])]
@@ -218,7 +218,7 @@ def _update_paths(u: Mapping[str, Any]) -> list[str] | None:
         if not isinstance(diff, Mapping):
             return None
         if "updatedFields" in diff:  # a description inside a $v:2 entry (some servers)
-            return _update_paths(diff)
+            return update_paths(diff)
         paths = []
         for section, value in diff.items():
             if section in ("u", "i", "d") and isinstance(value, Mapping):

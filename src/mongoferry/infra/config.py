@@ -7,6 +7,7 @@ Nothing here reads the environment at import time.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -48,6 +49,18 @@ def split_on_spaces(value: Any) -> Any:
     return value
 
 
+def filter_entries(value: Any) -> Any:
+    """--filter values hold commas and spaces: an env var or YAML string holds one per line; YAML
+    may also give a mapping of namespace to query."""
+    if isinstance(value, str):
+        return [line.strip() for line in value.splitlines() if line.strip()]
+    if isinstance(value, dict):
+        return [f"{ns}={json.dumps(q) if isinstance(q, dict) else q}" for ns, q in value.items()]
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MONGOFERRY_", extra="forbid", validate_default=True)
 
@@ -83,8 +96,10 @@ class ConnectionSettings(Settings):
     include: StrList = Field(default_factory=list)
     exclude: StrList = Field(default_factory=list)
     rename: StrList = Field(default_factory=list)
+    filter: StrList = Field(default_factory=list, description="DB.COLL=QUERY: only the documents matching QUERY")
 
     _split = field_validator("include", "exclude", "rename", mode="before")(split_list)
+    _filters = field_validator("filter", mode="before")(filter_entries)
 
 
 AUTO_READERS = 4  # readers at once with --workers auto (collections, or ranges where they are cheap)

@@ -132,7 +132,7 @@ class SplitJob:
 
     def plan(self) -> dict[str, Share]:
         with driver_errors("reading the source's keys"):
-            self.shares = shares(self.src, self.collections(), self.rule)
+            self.shares = shares(self.src, self.collections(), self.rule, self.parts[0].nsmap.filters)
         self._last_shares = time.monotonic()
         return self.shares
 

@@ -26,6 +26,7 @@ from mongoferry.infra.clients import Client, driver_errors
 from mongoferry.infra.config import SyncSettings
 from mongoferry.infra.logs import resolve_format
 from mongoferry.infra.progress import make_reporter
+from mongoferry.infra.redact import redact
 from mongoferry.infra.runtime import stop_on_signals
 from mongoferry.pipeline.copier import Copier
 from mongoferry.pipeline.copy_window import CopyWindow
@@ -265,7 +266,7 @@ class SyncJob:
     def count_rows(self, exact: bool = False) -> list[dict[str, Any]]:
         # Informative counts never hold the job up for long (an unreachable server, a slow count).
         with contextlib.nullcontext() if exact else pymongo.timeout(COUNT_TIMEOUT_S):
-            return count_rows(self.ends.src, self.ends.dst, self.mapping, exact)
+            return count_rows(self.ends.src, self.ends.dst, self.mapping, exact, self.ends.nsmap.filters)
 
     def persist(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -314,8 +315,8 @@ def run_sync(settings: SyncSettings) -> int:
                 log.warning("sync stopped during the copy; run the same command again to resume")
                 return EXIT_UNEXPECTED if not stop.is_set() else EXIT_OK
             return job.replay_phase()
-    except InconsistencyError:
-        status.set(last_error="history lost")
+    except InconsistencyError as exc:
+        status.set(last_error=redact(exc.one_line()))
         raise
     finally:
         if http is not None:

@@ -126,6 +126,11 @@ class Copier:
                 spec = catalog.describe(self.src, ns)
                 if spec is not None:
                     self.specs[ns] = spec
+                query = self.nsmap.filter_of(ns)
+                if spec is not None and spec.kind == "collection" and query is not None:
+                    # Progress counts what matches; the server refuses a bad filter here, before any write.
+                    matching = catalog.filtered_count(self.src, ns, query)
+                    spec.count = spec.count if matching is None else matching
         if not self.resumed and not self.settings.drop_dst and self.dst is not None:
             with driver_errors("checking the destination"):
                 for dst_ns in self.mapping.values():
@@ -303,10 +308,11 @@ class Copier:
 
     def _read(self, coll: Any, p: Partition, out: queue.Queue[Any]) -> None:
         try:
+            query = dict(self.nsmap.filter_of(p.ns) or {})
             if p.natural:
-                cursor = coll.find_raw_batches({}, batch_size=self.settings.batch_size)
+                cursor = coll.find_raw_batches(query, batch_size=self.settings.batch_size)
             else:
-                cursor = coll.find_raw_batches({}, batch_size=self.settings.batch_size,
+                cursor = coll.find_raw_batches(query, batch_size=self.settings.batch_size,
                                                sort=[("_id", 1)]).hint([("_id", 1)])
                 if p.has_last:
                     cursor = cursor.min([("_id", p.last_id)])
@@ -364,8 +370,9 @@ class Copier:
                 return current_time(self.src)
             self.sink.create(dst_ns, spec)
             coll: Any = self.src[spec.db].get_collection(spec.name, codec_options=RAW)
-            cursor = (coll.find_raw_batches({}, batch_size=self.settings.batch_size) if spec.natural_order else
-                      coll.find_raw_batches({}, batch_size=self.settings.batch_size,
+            query = dict(self.nsmap.filter_of(src_ns) or {})
+            cursor = (coll.find_raw_batches(query, batch_size=self.settings.batch_size) if spec.natural_order else
+                      coll.find_raw_batches(query, batch_size=self.settings.batch_size,
                                             sort=[("_id", 1)]).hint([("_id", 1)]))
             try:
                 for raw in cursor:
@@ -387,7 +394,7 @@ class Copier:
         some compatible servers scan); `mongoferry verify` is the exact proof."""
         assert self.dst is not None
         with driver_errors("counting documents"):
-            return count_rows(self.src, self.dst, self.mapping)
+            return count_rows(self.src, self.dst, self.mapping, filters=self.nsmap.filters)
 
 
 _VIEW = CollectionSpec(ns="", kind="collection")

@@ -7,6 +7,7 @@ source changing under the copy."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,19 +17,24 @@ Client = MongoClient[dict[str, Any]]
 Row = dict[str, Any]
 
 
-def _count(client: Client, ns: str, exact: bool) -> int:
+def _count(client: Client, ns: str, exact: bool, query: Mapping[str, Any] | None = None) -> int:
     db, _, coll = ns.partition(".")
     c = client[db][coll]
+    if query is not None:  # a --filter's share has no metadata count: always counted
+        return int(c.count_documents(dict(query)))
     return int(c.count_documents({}) if exact else c.estimated_document_count())
 
 
-def count_rows(src: Client, dst: Client, mapping: dict[str, str], exact: bool = False) -> list[Row]:
-    """One row per namespace: source, destination, both counts and their difference, asked in parallel."""
+def count_rows(src: Client, dst: Client, mapping: dict[str, str], exact: bool = False,
+               filters: Mapping[str, Mapping[str, Any]] | None = None) -> list[Row]:
+    """One row per namespace: source, destination, both counts and their difference, asked in parallel.
+    A namespace with a --filter counts the source's matching documents only."""
     pairs = sorted(mapping.items())
     if not pairs:
         return []
+    filters = filters or {}
     with ThreadPoolExecutor(max(1, min(8, 2 * len(pairs)))) as pool:
-        src_n = [pool.submit(_count, src, s, exact) for s, _ in pairs]
+        src_n = [pool.submit(_count, src, s, exact, filters.get(s)) for s, _ in pairs]
         dst_n = [pool.submit(_count, dst, d, exact) for _, d in pairs]
         return [{"source": s, "destination": d, "sourceCount": a.result(), "destinationCount": b.result(),
                  "delta": a.result() - b.result()} for (s, d), a, b in zip(pairs, src_n, dst_n, strict=True)]

@@ -6,6 +6,7 @@ before the first write, `split --explain`, the split's status and its commit che
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +27,17 @@ class Share:
     unroutable_dropped: bool = False  # True when no part takes them (the split refuses)
 
 
-def share_of(src: Client, ns: str, rule: Rule) -> Share:
+def share_of(src: Client, ns: str, rule: Rule, query: Mapping[str, Any] | None = None) -> Share:
+    """How the rule shares the documents of `ns` (those a --filter `query` matches)."""
     db, _, coll = ns.partition(".")
     handle = src[db][coll]
+    query = dict(query or {})
     if rule.is_broadcast(ns):
-        n = int(handle.count_documents({}))
+        n = int(handle.count_documents(query))
         return Share(ns, [n] * rule.parts)
     share = Share(ns, [0] * rule.parts)
     key = rule.key_of(ns)
-    for doc in handle.find({}, {key: 1}, batch_size=10_000):
+    for doc in handle.find(query, {key: 1}, batch_size=10_000):
         part = rule.part_of_value(key_value(doc, key))
         if part is None:
             share.unroutable += 1
@@ -48,5 +51,6 @@ def share_of(src: Client, ns: str, rule: Rule) -> Share:
     return share
 
 
-def shares(src: Client, namespaces: list[str], rule: Rule) -> dict[str, Share]:
-    return {ns: share_of(src, ns, rule) for ns in sorted(namespaces)}
+def shares(src: Client, namespaces: list[str], rule: Rule,
+           filters: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Share]:
+    return {ns: share_of(src, ns, rule, (filters or {}).get(ns)) for ns in sorted(namespaces)}

@@ -30,6 +30,7 @@ from pymongo.errors import PyMongoError
 
 from mongoferry.core import apply_plan as plan
 from mongoferry.core.apply_plan import DocState, Key, Ownership
+from mongoferry.core.doc_filter import and_filter
 from mongoferry.core.errors import InconsistencyError
 from mongoferry.core.events import Batch, ChangeEvent, Position
 from mongoferry.core.namespaces import NamespaceMap
@@ -146,7 +147,9 @@ class Applier:
         for e in events:
             self.stats.events[e.op] += 1
         states, self._seq = plan.by_document(events, self.nsmap.target, self._seq)
-        current = self._read_destination(plan.reads_needed(states, self._needs_lookup), session)
+        need_dst = plan.reads_needed(states, self._needs_lookup)
+        plan.read_filtered(states.values(), self.nsmap.filters)
+        current = self._read_destination(need_dst, session)
         for key, st in states.items():
             if not st.lookup:
                 self.stats.missing_for_update += plan.simulate(st, current.get(key), self.ownership)
@@ -184,8 +187,10 @@ class Applier:
             assert self.src is not None
             db, _, coll = src_ns.partition(".")
             with self.src.start_session(causal_consistency=True) as s:
+                # With a --filter, a document that no longer matches is not found: deleted here.
+                query = and_filter({"_id": {"$in": [g.doc_id for g in group]}}, self.nsmap.filter_of(src_ns))
                 docs = {plan.doc_key(dst_ns, d["_id"]): d for d in self.src[db].get_collection(
-                    coll, codec_options=DECODED).find({"_id": {"$in": [g.doc_id for g in group]}}, session=s)}
+                    coll, codec_options=DECODED).find(query, session=s)}
                 if self.window is not None:  # what it read may be another collection of that name
                     self.window.looked_up(src_ns, s.operation_time)
             self.stats.lookups += len(group)
@@ -240,8 +245,19 @@ class Applier:
                     time.sleep(min(0.05 * 2**attempt, 2.0))
 
     # ------------------------------------------------------------------ DDL
+    def _refuse_filtered_rename(self, old: str, new: str) -> None:
+        """A --filter belongs to a source name: the renamed collection would be followed unfiltered
+        from a filtered copy, so it would silently miss documents. Stop, nothing written for it."""
+        for ns in (old, new):
+            if self.nsmap.filter_of(ns) is not None:
+                raise InconsistencyError(
+                    f"{old} was renamed to {new} on the source, and --filter applies to {ns}: the renamed "
+                    "collection cannot be followed with the same filter",
+                    "start a new job with --filter for the new name; nothing of the rename was written")
     def _apply_ddl(self, e: ChangeEvent) -> None:
         ddl = e.ddl or {}
+        if "renameCollection" in ddl:
+            self._refuse_filtered_rename(str(ddl["renameCollection"]), str(ddl.get("to", "")))
         if "createIndexes" in ddl and self.src is not None:
             ddl = self._index_specs_from_source(e.ns, ddl)
         redo = self.window.plan(e) if self.window is not None else []

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from bson import json_util
+from pymongo.errors import ExecutionTimeout, OperationFailure
+
+from mongoferry.core.errors import UsageError
 from mongoferry.core.model import CollectionSpec
 from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.infra.clients import Client
+
+FILTER_COUNT_MS = 5000  # a filtered namespace's exact count, for progress; longer and the estimate stays
 
 
 def list_namespaces(client: Client, nsmap: NamespaceMap) -> list[str]:
@@ -48,3 +57,19 @@ def holds_data(client: Client, ns: str) -> str | None:
         return "is an existing view"
     n = client[db][name].estimated_document_count() or client[db][name].count_documents({}, limit=1)
     return f"already holds {n} document(s)" if n else None
+
+
+def filtered_count(client: Client, ns: str, query: Mapping[str, Any]) -> int | None:
+    """How many documents of `ns` match a --filter (None when counting takes too long). The server
+    parses the query first: one it refuses is a UsageError, before anything is written."""
+    db, _, name = ns.partition(".")
+    try:
+        return int(client[db][name].count_documents(dict(query), maxTimeMS=FILTER_COUNT_MS))
+    except ExecutionTimeout:
+        return None
+    except OperationFailure as exc:
+        if exc.code == 50:  # MaxTimeMSExpired: parsed and planned, merely slow
+            return None
+        why = (exc.details or {}).get("errmsg") or str(exc)
+        raise UsageError(f"--filter for {ns} is refused by the source: {why} (query {json_util.dumps(query)[:200]})",
+                         "fix the query; nothing was written") from None

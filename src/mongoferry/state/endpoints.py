@@ -41,7 +41,7 @@ def open_endpoints(s: ConnectionSettings, kind: str = "job") -> Endpoints:
     dst_uri = validate_uri(s.dst, "--dst")
     meta_uri = validate_uri(s.meta, "--meta") if s.meta else dst_uri
     connect_timeout = s.connect_timeout
-    nsmap = NamespaceMap.build(s.include, s.exclude, s.rename, meta_db=s.meta_db)
+    nsmap = NamespaceMap.build(s.include, s.exclude, s.rename, meta_db=s.meta_db, filters=s.filter)
     src = connect(src_uri, "source", connect_timeout)
     try:
         dst = connect(dst_uri, "destination", connect_timeout)

@@ -72,6 +72,17 @@ class Engine:
     #: Only the source documents this keeps are compared (a split destination's share); the
     #: destination is read whole, so a document of another part there is a finding.
     src_keep: Callable[[str, bytes], bool] | None = None
+    #: --filter: per source namespace, the query its compared documents match (the server applies
+    #: it to the source only; the destination is read whole, so a document that should have left
+    #: it is a finding).
+    src_filters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def _query(self, client: Client, ns: str, filt: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The check's own filter, and on the source the namespace's --filter."""
+        extra = self.src_filters.get(ns) if client is self.src else None
+        if filt and extra:
+            return {"$and": [dict(filt), dict(extra)]}
+        return dict(filt or extra or {})
 
     # ------------------------------------------------------------------ documents
     def compare_pair(self, pair: Pair, key: bytes, s_raw: bytes, d_raw: bytes, sink: Sink) -> bool:
@@ -94,8 +105,9 @@ class Engine:
         for i in range(0, len(keys), BATCH_SIZE):
             chunk = keys[i: i + BATCH_SIZE]
             query: Mapping[str, Any] = raw_id_in_filter(chunk)
-            if filt:
-                query = {"$and": [query, filt]}
+            restrict = self._query(client, ns, filt)
+            if restrict:
+                query = {"$and": [query, restrict]}
             for batch in handle.find_raw_batches(query, batch_size=BATCH_SIZE):
                 for raw in split_batch(cast(bytes, batch)):
                     key = fast_id_key(raw)
@@ -127,7 +139,7 @@ class Engine:
                 hint: bool) -> Iterator[list[bytes]]:
         db, coll = split_ns(ns)
         handle = client[db].get_collection(coll, codec_options=RAW)
-        cursor = handle.find_raw_batches(dict(filt or {}), sort=[("_id", 1)], batch_size=BATCH_SIZE,
+        cursor = handle.find_raw_batches(self._query(client, ns, filt), sort=[("_id", 1)], batch_size=BATCH_SIZE,
                                          allow_disk_use=None if hint else True)
         if hint:
             cursor = cursor.hint([("_id", 1)])

@@ -207,7 +207,7 @@ class OneShot:
                  stop: threading.Event, src_keep: Callable[[str, bytes], bool] | None = None) -> None:
         self.s = s
         self.nsmap = nsmap
-        self.engine = Engine(src, dst, s.compare, stop, src_keep=src_keep)
+        self.engine = Engine(src, dst, s.compare, stop, src_keep=src_keep, src_filters=nsmap.filters)
         self.sink = ReportSink(s.failure_display_size, frozenset(s.index_spec_ignore))
         self.pairs: list[Pair] = []
         self.work = WorkQueue(s.workers, stop)

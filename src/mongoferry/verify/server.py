@@ -114,7 +114,7 @@ class Verifier(Reports):
         self.tasks: Collection[dict[str, Any]] = db["verify_tasks"]
         self.mismatches: Collection[dict[str, Any]] = db["verify_mismatches"]
         self.recheck: Collection[dict[str, Any]] = db["verify_recheck"]
-        self.engine = Engine(ends.src, ends.dst, settings.compare, threading.Event())
+        self.engine = Engine(ends.src, ends.dst, settings.compare, threading.Event(), src_filters=ends.nsmap.filters)
         self.lock = threading.RLock()  # the in-memory state below
         self.gen_lock = threading.Lock()  # generation bumps vs. queue writes of the readers
         self.op_lock = threading.Lock()  # /check and /writesOff one at a time
