@@ -13,6 +13,7 @@ from bson import json_util
 
 from mongoferry.dev.embedded import EmbeddedServer
 from tests.integration.conftest import RAW, raw_docs, run_cli, user_namespaces
+from tests.integration.test_split import split_process
 from tests.integration.test_sync import (
     Harness,
     copied_docs,
@@ -160,17 +161,43 @@ def test_renaming_a_filtered_collection_stops_the_sync_with_a_clear_error(
         assert "users" in c.app.list_collection_names() and "people" not in c.app.list_collection_names()
 
 
-def test_a_filtered_split_gives_each_part_its_share_of_the_matching_documents(
-        tmp_path: Path, servers: tuple[EmbeddedServer, EmbeddedServer]) -> None:
+def test_a_filtered_split_gives_each_part_its_share_of_the_matching_documents_and_prune_keeps_the_rest(
+        tmp_path: Path, servers: tuple[EmbeddedServer, EmbeddedServer], harness: Harness) -> None:  # noqa: F811
     src, dst0 = servers
     dst1 = EmbeddedServer(tmp_path / "dst1").start()
-    try:
-        seed_app(src, users=300, orders=10)
-        query = {"n": {"$gte": 50}}
-        r = run_cli("split", "--src", src.uri, "--dst", dst0.uri, "--dst", dst1.uri, "--key", "n", "--by", "mod",
-                    "--include", "app.users", "--filter", f"app.users={json.dumps(query)}", "--explain")
-        assert r.code == 0, r.text
-        assert "125" in r.text  # 250 matching documents, half to each part
-        assert not user_namespaces(dst0) and not user_namespaces(dst1)
-    finally:
-        dst1.stop()
+    harness.on_cleanup(dst1.stop)
+    seed_app(src, users=300, orders=10)
+    query = {"n": {"$gte": 50}}
+    args = ["--key", "n", "--by", "mod", "--include", "app.users", "--filter", f"app.users={json.dumps(query)}"]
+    r = run_cli("split", "--src", src.uri, "--dst", dst0.uri, "--dst", dst1.uri, *args, "--explain")
+    assert r.code == 0, r.text
+    assert "125" in r.text  # 250 matching documents, half to each part
+    assert not user_namespaces(dst0) and not user_namespaces(dst1)
+
+    split = split_process(harness, src, [dst0, dst1], *args, "--no-write-block")
+    split.wait_state("RUNNING", timeout=180)
+    with src.client() as c:
+        c.app.users.update_one({"_id": 10}, {"$set": {"n": 60}})  # joins the filter, part 0
+        c.app.users.update_one({"_id": 61}, {"$set": {"n": 1}})  # leaves it
+        c.app.users.update_one({"_id": 63}, {"$inc": {"n": 2}})  # moves from part 1 to part 0
+    split.commit_via_http()
+    assert split.wait_exit(120) == 0, split.log_tail()
+
+    def share(part: int) -> dict[bytes, bytes]:
+        return {k: v for k, v in matching_docs(src, "app.users", query).items() if bson.decode(v)["n"] % 2 == part}
+
+    assert raw_docs(dst0, "app.users") == share(0) and raw_docs(dst1, "app.users") == share(1)
+    assert len(share(0)) + len(share(1)) == 250
+    part1 = share(1)
+
+    # The source keeps part 0: prune deletes part 1's share, never a document the filter left out.
+    r = run_cli("prune", "--uri", src.uri, "--meta", dst1.uri, "--from-split", "split", "--keep", "0",
+                "--include", "app.users", "--rate", "0", "--execute", "--http", "off")
+    assert r.code == 0, r.text
+    with src.client() as c:
+        left = {d["_id"]: d["n"] for d in c.app.users.find()}
+    assert len(left) == 300 - len(part1) and not {bson.decode(k)["_id"] for k in part1} & set(left)
+    assert all(n < 50 or n % 2 == 0 for n in left.values())
+    r = run_cli("prune", "--uri", src.uri, "--meta", dst1.uri, "--from-split", "split", "--keep", "0",
+                "--include", "app.users", "--filter", 'app.users={"n": 1}')
+    assert r.code == 2 and "--filter" in r.err, r.text

@@ -212,6 +212,9 @@ def rule_options(parts_help: str) -> Callable[[F], F]:
 @click.option("--keep", type=int, metavar="I", help=env_help("The part this deployment keeps (from 0).", "keep"))
 @click.option("--from-split", metavar="NAME",
               help=env_help("Reuse the rule of split job NAME (give --meta one of its destinations).", "from_split"))
+@click.option("--filter", multiple=True, metavar="DB.COLL=QUERY",
+              help=env_help("Prune only the documents of DB.COLL matching QUERY (extended JSON; repeatable); the "
+                            "others are kept. --from-split brings the split's own filters.", "filter"))
 @click.option("--rate", type=float, metavar="DOCS/S",
               help=env_help("Delete at most this many documents per second (default 1000; 0: no limit; "
                             "POST /api/v1/rate changes it while running).", "rate"))

@@ -186,6 +186,7 @@ class PruneSettings(Settings):
     parts: int | None = Field(None, description="how many parts the rule divides into")
     keep: int | None = Field(None, ge=0, description="the part this deployment keeps")
     from_split: str | None = Field(None, pattern=JOB_NAME, description="reuse this split job's rule (in --meta)")
+    filter: StrList = Field(default_factory=list, description="DB.COLL=QUERY: prune only documents matching QUERY")
     rate: float = Field(1000.0, ge=0, allow_inf_nan=False,
                         description="documents deleted per second at most (0: no limit)")
     window: StrList = Field(default_factory=list, description="HH:MM-HH:MM when deleting may run (repeatable)")
@@ -199,6 +200,7 @@ class PruneSettings(Settings):
 
     _split_lists = field_validator("key", "broadcast", "include", "exclude", "window", mode="before")(split_list)
     _space_lists = field_validator("bound", mode="before")(split_on_spaces)
+    _filters = field_validator("filter", mode="before")(filter_entries)
 
 
 def parse_duration(value: Any) -> Any:

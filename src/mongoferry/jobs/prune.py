@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,6 +26,8 @@ from pymongo import DeleteOne
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
+from mongoferry.core.doc_filter import Filters, and_filter, parse_filters
+from mongoferry.core.doc_filter import describe as describe_filters
 from mongoferry.core.errors import EXIT_OK, UsageError
 from mongoferry.core.model import utc_now
 from mongoferry.core.namespaces import NamespaceMap
@@ -67,9 +69,13 @@ class Target:
         return {**self.progress.to_doc(), "last": self.last}
 
 
-def resolve_rule(s: PruneSettings, meta: MetaStore) -> tuple[Rule, int]:
+def resolve_rule(s: PruneSettings, meta: MetaStore) -> tuple[Rule, int, dict[str, dict[str, Any]]]:
+    """The rule, the part kept, and the --filter queries (a filtered split moved only what matches:
+    the rest is every part's own, never pruned)."""
+    filters = parse_filters(s.filter)
     if s.from_split:
-        given = [f"--{f.replace('_', '-')}" for f in ("key", "parts", "by", "bound", "broadcast", "unrouted")
+        given = [f"--{f.replace('_', '-')}" for f in ("key", "parts", "by", "bound", "broadcast", "unrouted",
+                                                       "filter")
                  if f in s.model_fields_set and getattr(s, f) not in (None, [])]
         if given:
             raise UsageError(f"--from-split reuses a split's whole rule: it takes no {', '.join(given)}",
@@ -82,6 +88,7 @@ def resolve_rule(s: PruneSettings, meta: MetaStore) -> tuple[Rule, int]:
                              "give --meta the URI of one of that split's destinations (its progress is kept there)")
         try:
             rule = rule_from_spec(doc["extra"]["rule"])
+            filters = parse_filters(doc["extra"].get("filter", []))
         except (KeyError, TypeError, ValueError, UsageError) as exc:
             raise UsageError(f"split job {s.from_split!r}: its saved rule is unreadable ({exc})",
                              "give the rule with --key/--by/--parts instead; nothing was deleted") from None
@@ -94,7 +101,14 @@ def resolve_rule(s: PruneSettings, meta: MetaStore) -> tuple[Rule, int]:
         raise UsageError(f"--keep {s.keep}: the parts are 0 to {rule.parts - 1}" if s.keep is not None else
                          "prune needs --keep I: the part this deployment keeps",
                          "give the index of the part to keep, counting from 0")
-    return rule, s.keep
+    return rule, s.keep, filters
+
+
+def fingerprint(rule: Rule, keep: int, filters: Filters) -> dict[str, Any]:
+    fp: dict[str, Any] = {"rule": rule_spec(rule), "keep": keep}
+    if filters:  # absent without filters: a prune saved before filters existed still resumes
+        fp["filter"] = describe_filters(filters)
+    return fp
 
 
 def zone(name: str) -> ZoneInfo:
@@ -113,9 +127,11 @@ def projection(key: str) -> dict[str, int]:
     return {"_id": 1} if key == "_id" or key.startswith("_id.") else {key: 1}
 
 
-def scan(coll: Collection[Any], key: str, last: list[Any], batch: int) -> Iterator[list[dict[str, Any]]]:
-    """Batches of `{_id, key}` in `_id` index order, from just after `last` (when given)."""
-    cursor = coll.find({}, projection(key), batch_size=batch).hint([("_id", 1)]).sort("_id", 1)
+def scan(coll: Collection[Any], key: str, last: list[Any], batch: int,
+         query: Mapping[str, Any] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Batches of `{_id, key}` (of the documents `query` matches) in `_id` index order, from just
+    after `last` (when given)."""
+    cursor = coll.find(dict(query or {}), projection(key), batch_size=batch).hint([("_id", 1)]).sort("_id", 1)
     if last:
         cursor = cursor.min([("_id", last[0])])
     buf: list[dict[str, Any]] = []
@@ -135,8 +151,9 @@ def scan(coll: Collection[Any], key: str, last: list[Any], batch: int) -> Iterat
 
 class PruneJob:
     def __init__(self, s: PruneSettings, client: Client, meta: MetaStore | None, rule: Rule, keep: int,
-                 status: PruneStatus, stop: threading.Event) -> None:
+                 status: PruneStatus, stop: threading.Event, filters: Filters | None = None) -> None:
         self.s = s
+        self.filters = filters or {}
         self.client = client
         self.meta = meta  # None for a dry run: it writes nothing, not even progress
         self.rule = rule
@@ -183,7 +200,8 @@ class PruneJob:
                                  f"--exclude {t.ns}; nothing was deleted")
             db, _, coll = t.ns.partition(".")
             with driver_errors(f"reading {t.ns}"):
-                first = list(self.client[db][coll].find({}, projection(t.key)).limit(self.s.batch_size))
+                first = list(self.client[db][coll].find(dict(self.filters.get(t.ns) or {}), projection(t.key))
+                             .limit(self.s.batch_size))
             if first and not any(self.rule.part_of_value(key_value(d, t.key)) is not None for d in first):
                 raise UsageError(f"{t.ns}: none of its first {len(first)} documents has a key {t.key!r} that "
                                  f"{self.rule.by} can route", f"check --key, or give --key {t.ns}=FIELD, "
@@ -194,7 +212,7 @@ class PruneJob:
         for t in targets:
             db, _, coll = t.ns.partition(".")
             with driver_errors(f"reading {t.ns}"):
-                for batch in scan(self.client[db][coll], t.key, [], self.s.batch_size):
+                for batch in scan(self.client[db][coll], t.key, [], self.s.batch_size, self.filters.get(t.ns)):
                     self.count(t, batch)
                     if self.stop.is_set():
                         break
@@ -243,7 +261,7 @@ class PruneJob:
         failures = 0
         while not self.stop.is_set():
             try:
-                for batch in scan(coll, t.key, t.last, self.s.batch_size):
+                for batch in scan(coll, t.key, t.last, self.s.batch_size, self.filters.get(t.ns)):
                     self.pace(coll, batch[0]["_id"])
                     if self.stop.is_set():
                         return
@@ -292,15 +310,16 @@ class PruneJob:
     def delete(self, coll: Collection[Any], ns: str, docs: list[dict[str, Any]]) -> tuple[int, int]:
         """Delete documents still as read; read the others again and decide again. (deleted, kept)"""
         deleted, kept, pending = 0, 0, docs
+        query = self.filters.get(ns)  # a document that stopped matching was never moved: kept
         for _ in range(RETRIES):
             # Simple collation: a collection's default collation must not make "A" match "a".
-            result = coll.bulk_write([DeleteOne(self.rule.unchanged_filter(ns, d), collation=SIMPLE)
+            result = coll.bulk_write([DeleteOne(and_filter(self.rule.unchanged_filter(ns, d), query), collation=SIMPLE)
                                       for d in pending], ordered=False)
             deleted += result.deleted_count
             if result.deleted_count == len(pending):
                 return deleted, kept
-            now = list(coll.find({"_id": {"$in": [d["_id"] for d in pending]}}, projection(self.rule.key_of(ns)),
-                                 collation=SIMPLE))
+            now = list(coll.find(and_filter({"_id": {"$in": [d["_id"] for d in pending]}}, query),
+                                 projection(self.rule.key_of(ns)), collation=SIMPLE))
             still = [d for d in now if self.rule.prunable(self.keep, ns, d)]
             kept += len(now) - len(still)  # their key changed to one this part owns (or nobody's)
             pending = still
@@ -407,13 +426,12 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def check_job(meta: MetaStore, rule: Rule, keep: int) -> Job | None:
+def check_job(meta: MetaStore, rule: Rule, keep: int, filters: Filters) -> Job | None:
     """The saved job, refused when it pruned with another rule: a second rule would delete what the
     first one kept (together, they keep nothing)."""
-    fingerprint = {"rule": rule_spec(rule), "keep": keep}
     with driver_errors("reading the job's progress"):
         job = meta.load_job()
-    if job is not None and (job.kind != KIND or job.fingerprint != fingerprint):
+    if job is not None and (job.kind != KIND or job.fingerprint != fingerprint(rule, keep, filters)):
         what = "a job of another kind" if job.kind != KIND else "a prune with another rule"
         raise UsageError(f"job {meta.job_name!r} in the metadata database is {what} "
                          f"({job.fingerprint.get('rule', {})}, keep {job.fingerprint.get('keep')}): pruning with a "
@@ -423,14 +441,14 @@ def check_job(meta: MetaStore, rule: Rule, keep: int) -> Job | None:
     return job
 
 
-def start_or_resume(meta: MetaStore, rule: Rule, keep: int) -> bool:
+def start_or_resume(meta: MetaStore, rule: Rule, keep: int, filters: Filters) -> bool:
     """True when an unfinished pass of this job resumes; a new pass (same rule) starts otherwise."""
-    job = check_job(meta, rule, keep)
+    job = check_job(meta, rule, keep, filters)
     if job is not None and not job.finished:
         return True
     passes = int(job.extra.get("pass", 0)) if job is not None else 0
     with driver_errors("saving the job"):
-        meta.start_job(Job(kind=KIND, fingerprint={"rule": rule_spec(rule), "keep": keep}, state="running",
+        meta.start_job(Job(kind=KIND, fingerprint=fingerprint(rule, keep, filters), state="running",
                            extra={"pass": passes + 1, "started": utc_now()}))
     return False
 
@@ -447,17 +465,17 @@ def run_prune(s: PruneSettings) -> int:
     http: HttpServer | None = None
     try:
         meta = MetaStore(meta_client, s.meta_db, s.job or KIND)
-        rule, keep = resolve_rule(s, meta)
+        rule, keep, filters = resolve_rule(s, meta)
         status = PruneStatus(rate=s.rate or None)
         with stop_on_signals() as stop:
-            job = PruneJob(s, client, meta if s.execute else None, rule, keep, status, stop)
+            job = PruneJob(s, client, meta if s.execute else None, rule, keep, status, stop, filters)
             targets = job.targets()
             job.check_keys(targets)
             if not s.execute:
-                check_job(meta, rule, keep)
+                check_job(meta, rule, keep, filters)
                 print(job.dry_run(targets))
                 return EXIT_OK
-            resumed = start_or_resume(meta, rule, keep)
+            resumed = start_or_resume(meta, rule, keep, filters)
             if resumed:
                 job.load(targets)
             if bind:

@@ -24,6 +24,7 @@ import pymongo
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
 
+from mongoferry.core.doc_filter import describe as describe_filters
 from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, InconsistencyError, UsageError
 from mongoferry.core.events import Position
 from mongoferry.core.identity import same_deployment
@@ -198,7 +199,7 @@ class SplitJob:
             return EXIT_OK
         self.status.set(copy_done=True, state="CATCHING_UP")
         for e in self.parts:  # for `prune --from-split`, on every destination
-            e.meta.set_extra(rule=rule_spec(self.rule))
+            e.meta.set_extra(rule=rule_spec(self.rule), filter=describe_filters(e.nsmap.filters))
         pipeline, sinks = self.pipeline()
         if follow(pipeline, self.status, self.stop, lambda: any(sync.commit_requested() for sync in self.syncs),
                   self.commit, self.persist, sinks):
