@@ -118,7 +118,7 @@ def test_copy_and_verify_compare_the_same_subset_and_bad_filters_write_nothing(
     args = ["--src", src.uri, "--dst", dst.uri]
 
     # refused before anything is written: the server's own parser, a bad JSON, a namespace not copied
-    for bad, says in ((['app.users={"t": {"$bogus": 1}}'], "refused by the source"),
+    for bad, says in ((['app.users={"t": {"$bogus": 1}}'], "refused by the server"),
                       (["app.users={t: 1}"], "not valid extended JSON"),
                       (['app.nothing={"t": 1}'], "not a selected collection")):
         r = run_cli("copy", *args, "--filter", bad[0])
@@ -201,3 +201,43 @@ def test_a_filtered_split_gives_each_part_its_share_of_the_matching_documents_an
     r = run_cli("prune", "--uri", src.uri, "--meta", dst1.uri, "--from-split", "split", "--keep", "0",
                 "--include", "app.users", "--filter", 'app.users={"n": 1}')
     assert r.code == 2 and "--filter" in r.err, r.text
+
+
+def test_restore_filter_gives_the_matching_documents_at_each_time_and_backup_filter_is_refused(
+        tmp_path: Path) -> None:
+    from tests.integration.test_backup import backup, complete_snapshots, covered, newest, restore, seed, stop
+
+    with EmbeddedServer(tmp_path / "src").start() as src, EmbeddedServer(tmp_path / "dst").start() as dst:
+        seed(src, docs=400)
+        folder = tmp_path / "backup"
+        refused = run_cli("backup", "--src", src.uri, "--to", str(folder), "--once",
+                          "--filter", 'shop.orders={"flag": true}')
+        assert refused.code == 2 and "restore --filter" in refused.err, refused.text
+        assert len(refused.err.strip().splitlines()) == 1 and not folder.exists()
+
+        proc = backup(src, folder)
+        wait_for(lambda: complete_snapshots(folder) == 1, timeout=60)
+        query = {"flag": True}
+        marks = []
+        with src.client() as c:
+            c.shop.orders.update_many({"user": 3}, {"$set": {"flag": True}})  # join after the snapshot
+            marks.append((newest(c), matching_docs(src, "shop.orders", query)))
+            c.shop.orders.update_many({"user": 4}, {"$set": {"flag": True}})
+            c.shop.orders.update_many({"user": 3, "_id": {"$lt": 200}}, {"$unset": {"flag": ""}})  # leave
+            c.shop.orders.insert_one({"_id": 9999, "flag": True})
+            marks.append((newest(c), matching_docs(src, "shop.orders", query)))
+            people = raw_docs(src, "crm.people")
+        wait_for(lambda: covered(folder) >= marks[-1][0], timeout=60)
+        stop(proc)
+
+        entry = f"shop.orders={json.dumps(query)}"
+        for bad, says in (('shop.nothing={"a": 1}', "not a collection this restore writes"),
+                          ('shop.orders={"a": {"$bogus": 1}}', "refused by the server")):
+            r = run_cli("restore", "--from", str(folder), "--dst", dst.uri, "--filter", bad)
+            assert r.code == 2 and says in r.err, r.text
+            assert not user_namespaces(dst), "a refused restore wrote something"
+        for at, want in marks:
+            restore(folder, dst, "--to-time", f"{at.time}:{at.inc}", "--drop", "--filter", entry)
+            got = raw_docs(dst, "shop.orders")
+            assert got == want and len(want) >= 8, f"at {at}: {len(got)} restored, {len(want)} matching"
+            assert raw_docs(dst, "crm.people") == people  # not filtered: whole

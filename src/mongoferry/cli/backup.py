@@ -9,6 +9,7 @@ import click
 from mongoferry.cli.support import (
     common_options,
     env_help,
+    filter_option,
     http_token_option,
     run_guarded,
     settings_from,
@@ -51,6 +52,9 @@ BACKUP_OPTIONS = [
                  help=env_help("Compression of data and oplog files (default gzip: mongorestore --gzip reads "
                                "it).", "compress")),
     *_selection("Back up"),
+    click.option("--filter", multiple=True, metavar="DB.COLL=QUERY",
+                 help="Refused, with the reason: a point-in-time backup of part of a collection cannot be exact. "
+                      "Back up the collection and give the filter to `mongoferry restore --filter`."),
     click.option("--workers", type=int, help=env_help("Collections read at once for a snapshot (default 4).",
                                                       "workers")),
     click.option("--batch-size", type=int, help=env_help("Documents per read batch (default 1000).", "batch_size")),
@@ -126,6 +130,7 @@ RESTORE_OPTIONS = [
     click.option("--rename", multiple=True,
                  help=env_help("Restore OLD_DB=NEW_DB or DB.COLL=DB2.COLL2 under another name (repeatable).",
                                "rename")),
+    filter_option("Restore"),
     click.option("--drop", is_flag=True, default=None,
                  help=env_help("Drop destination namespaces first (without it, one that holds data is refused).",
                                "drop")),

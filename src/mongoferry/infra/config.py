@@ -246,6 +246,7 @@ class BackupSettings(Settings):
     compress: Literal["gzip", "zstd", "none"] = "gzip"
     include: StrList = Field(default_factory=list)
     exclude: StrList = Field(default_factory=list)
+    filter: StrList = Field(default_factory=list, description="refused: see `mongoferry restore --filter`")
     workers: int = Field(4, ge=1, le=64, description="collections read at once for a snapshot")
     batch_size: int = Field(1000, ge=1, le=100_000)
     connect_timeout: float = Field(10.0, gt=0)
@@ -259,6 +260,7 @@ class BackupSettings(Settings):
                                          "source's secondaries are further behind than this")
 
     _split = field_validator("include", "exclude", mode="before")(split_list)
+    _filters = field_validator("filter", mode="before")(filter_entries)
     _space = field_validator("src", mode="before")(split_on_spaces)
     _duration = field_validator("snapshot_every", "chunk", mode="before")(parse_duration)
     _size = field_validator("chunk_size", mode="before")(parse_size)
@@ -281,6 +283,7 @@ class RestoreSettings(Settings):
     include: StrList = Field(default_factory=list)
     exclude: StrList = Field(default_factory=list)
     rename: StrList = Field(default_factory=list)
+    filter: StrList = Field(default_factory=list, description="DB.COLL=QUERY: restore only the documents matching")
     drop: bool = False
     dry_run: bool = False
     workers: int = Field(4, ge=1, le=64, description="namespaces restored at once")
@@ -289,6 +292,7 @@ class RestoreSettings(Settings):
     connect_timeout: float = Field(10.0, gt=0)
 
     _split = field_validator("include", "exclude", "rename", mode="before")(split_list)
+    _filters = field_validator("filter", mode="before")(filter_entries)
     _space = field_validator("dst", mode="before")(split_on_spaces)
 
 

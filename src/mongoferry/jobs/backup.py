@@ -341,6 +341,13 @@ def run_backup(settings: BackupSettings) -> int:
         validate_uri(uri, "--src")
     if not settings.to:
         raise UsageError("--to is required", "give a directory or s3://BUCKET/PREFIX for the backup")
+    if settings.filter:
+        # An update that makes a document match carries only its change: an archive of the matching
+        # documents cannot rebuild it at a point in time. The whole collection can, and restore filters.
+        raise UsageError("backup --filter: a point-in-time backup of part of a collection cannot be exact (an "
+                         "update that makes a document match holds only the change, not the document)",
+                         "back up the whole collection (--include DB.COLL) and restore the subset with "
+                         "`mongoferry restore --filter DB.COLL=QUERY`; nothing was written")
     nsmap = NamespaceMap.build(settings.include, settings.exclude, [], buckets=True)
     bind = parse_bind(settings.http)
     root = open_storage(settings.to, "--to", create=True)

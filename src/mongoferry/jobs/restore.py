@@ -31,6 +31,7 @@ import bson
 from bson import Timestamp
 from bson.raw_bson import RawBSONDocument
 
+from mongoferry.core.doc_filter import Filters, parse_filters
 from mongoferry.core.errors import EXIT_OK, EXIT_UNEXPECTED, UsageError
 from mongoferry.core.events import Batch, Position
 from mongoferry.core.model import CollectionSpec
@@ -232,6 +233,9 @@ class Restorer:
     workers: int
     batch_docs: int = 1000
     restored: dict[str, int] = field(default_factory=dict)
+    # --filter, by source namespace: restored whole, then the documents not matching are deleted at the
+    # end, so an update that made a document match at any time before --to-time is replayed onto it.
+    filters: Filters = field(default_factory=dict)
     throttle: Throttle = field(default_factory=Throttle)  # documents restored and entries replayed
 
     def namespaces(self) -> dict[str, str]:
@@ -248,6 +252,27 @@ class Restorer:
             if drop:  # only once every namespace was checked: a refusal writes nothing
                 for dst_ns in self.namespaces().values():
                     writer.drop(dst_ns)
+
+    def check_filters(self) -> None:
+        """Before anything is written: each filter names a restored collection, and the server parses it."""
+        todo = self.namespaces()
+        with driver_errors("checking --filter"):
+            for ns, query in self.filters.items():
+                if ns not in todo or _spec(self.plan, ns).kind == "view":
+                    raise UsageError(f"--filter names {ns}, which is not a collection this restore writes",
+                                     "check the name (a filter is keyed by the backed-up namespace, before --rename)")
+                catalog.check_filter(self.dst, ns, query)
+
+    def drop_unmatched(self) -> dict[str, int]:
+        """The last step of a filtered restore: what does not match is deleted, per source namespace."""
+        deleted: dict[str, int] = {}
+        todo = self.namespaces()
+        with driver_errors("deleting the documents --filter leaves out"):
+            for ns, query in sorted(self.filters.items()):
+                db, _, coll = todo[ns].partition(".")
+                deleted[ns] = int(self.dst[db][coll].delete_many({"$nor": [dict(query)]}).deleted_count)
+                log.info("filter applied", extra={"ns": ns, "dst": todo[ns], "deleted": deleted[ns]})
+        return deleted
 
     def restore_snapshot(self) -> None:
         todo = self.namespaces()
@@ -376,6 +401,7 @@ def run_restore(settings: RestoreSettings) -> int:
     root = open_storage(settings.backup, "--from")
     target = parse_time(settings.to_time) if settings.to_time else None
     nsmap = NamespaceMap.build(settings.include, settings.exclude, settings.rename, buckets=True)
+    filters = parse_filters(settings.filter)
     names = cluster_names(root)
     target = common_target(root, names, target)
     plans = [plan_source(Prefixed(root, n) if n else root, f"source {n}" if n else "the backup", target)
@@ -402,7 +428,9 @@ def run_restore(settings: RestoreSettings) -> int:
                 for plan, name in zip(plans, names or [""], strict=True):
                     client = connect(destinations[name], f"destination {name}".strip(), settings.connect_timeout)
                     clients.append(client)
-                    restorer = Restorer(plan, client, nsmap, stop, settings.workers, throttle=throttle)
+                    restorer = Restorer(plan, client, nsmap, stop, settings.workers, throttle=throttle,
+                                        filters=filters)
+                    restorer.check_filters()
                     restorer.check_destination(settings.drop)
                     restorers.append(restorer)
                 for restorer, paths in zip(restorers, oplogs, strict=True):
@@ -412,7 +440,8 @@ def run_restore(settings: RestoreSettings) -> int:
                     if stop.is_set():
                         log.warning("restore stopped before the end; run it again with --drop")
                         return EXIT_UNEXPECTED
-                    docs = sum(restorer.restored.values())
+                    left_out = restorer.drop_unmatched()
+                    docs = sum(restorer.restored.values()) - sum(left_out.values())
                     plan = restorer.plan
                     print(f"{plan.label}: restored {docs} document(s) in {len(restorer.namespaces())} namespace(s) "
                           f"from snapshot {plan.snapshot or '(mongodump directory)'}, replayed "

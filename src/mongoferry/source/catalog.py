@@ -65,11 +65,23 @@ def filtered_count(client: Client, ns: str, query: Mapping[str, Any]) -> int | N
     db, _, name = ns.partition(".")
     try:
         return int(client[db][name].count_documents(dict(query), maxTimeMS=FILTER_COUNT_MS))
-    except ExecutionTimeout:
-        return None
     except OperationFailure as exc:
-        if exc.code == 50:  # MaxTimeMSExpired: parsed and planned, merely slow
+        if isinstance(exc, ExecutionTimeout) or exc.code == 50:  # MaxTimeMSExpired: parsed, merely slow
             return None
-        why = (exc.details or {}).get("errmsg") or str(exc)
-        raise UsageError(f"--filter for {ns} is refused by the source: {why} (query {json_util.dumps(query)[:200]})",
-                         "fix the query; nothing was written") from None
+        raise _refused(ns, query, exc) from None
+
+
+def check_filter(client: Client, ns: str, query: Mapping[str, Any]) -> None:
+    """Have the server parse a --filter without reading much: a query on its oplog, cut short. (A
+    server parses no query against a collection it does not have; a standalone has no oplog.)"""
+    try:
+        list(client["local"]["oplog.rs"].find(dict(query)).limit(1).max_time_ms(200))
+    except OperationFailure as exc:
+        if not (isinstance(exc, ExecutionTimeout) or exc.code in (50, 13)):  # slow, or not allowed to read it
+            raise _refused(ns, query, exc) from None
+
+
+def _refused(ns: str, query: Mapping[str, Any], exc: OperationFailure) -> UsageError:
+    why = (exc.details or {}).get("errmsg") or str(exc)
+    return UsageError(f"--filter for {ns} is refused by the server: {why} (query {json_util.dumps(query)[:200]})",
+                      "fix the query; nothing was written")
