@@ -5,7 +5,10 @@
 (b) mongoferry: the same operations performed on the source, then captured from
     its change stream and applied to the destination (events/s from start to idle);
 (c) lag p50/p99: a writer at half the ceiling for --seconds while the replay runs;
-    lag = when an event was applied minus when the source wrote it.
+    lag = when an event was applied minus when the source wrote it;
+(d) as (b) with `--filter` on a field every update changes (`n`: each insert, replace and update
+    is read back from the source with the filter), and (e) on a field no update touches (`user`:
+    only inserts and replaces are read back). The destination holds the matching half.
 Not a test: `python bench/apply.py`.
 """
 
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bson import json_util
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 
 from mongoferry.core.events import Position
@@ -85,21 +89,29 @@ def ceiling(dst: Client, ops: list[Any], n_docs: int) -> float:
 
 
 def replayer(src: Client, dst: Client, start: Position, status: JobStatus,
-             stop: threading.Event) -> tuple[Pipeline, Applier]:
-    applier = Applier(src, dst, NamespaceMap.build(include=["bench"]))
+             stop: threading.Event, filters: list[str] | None = None) -> tuple[Pipeline, Applier]:
+    applier = Applier(src, dst, NamespaceMap.build(include=["bench"], filters=filters or []))
     excluded = ["admin", "config", "local", "mongoferry_meta"]
     return Pipeline(lambda p: cap.ChangeStreamCapture(src, p, excluded), [applier], start, status, stop,
                     store=MetaStore(dst, "mongoferry_meta", "bench")), applier
 
 
-def throughput(src: Client, dst: Client, ops: list[Any], n_docs: int) -> tuple[float, int]:
+FILTERS = {"n": {"n": {"$mod": [2, 0]}}, "user": {"user": {"$in": [f"u{i}" for i in range(0, 500, 2)]}}}
+
+
+def throughput(src: Client, dst: Client, ops: list[Any], n_docs: int, field: str | None = None) -> tuple[float, int]:
     seed(src, "docs", n_docs)
     seed(dst, "docs", n_docs)
+    filters = []
+    if field is not None:
+        query = FILTERS[field]
+        dst.bench.docs.delete_many({"$nor": [query]})
+        filters = [f"bench.docs={json_util.dumps(query)}"]
     start = Position(cap.current_time(src))
     for i in range(0, len(ops), 1000):  # one op per command, like an application
         for op in ops[i:i + 1000]:
             src.bench.docs.bulk_write([op])
-    rep, applier = replayer(src, dst, start, JobStatus(), threading.Event())
+    rep, applier = replayer(src, dst, start, JobStatus(), threading.Event(), filters)
     started = time.perf_counter()
     events = 0
     while True:
@@ -108,7 +120,11 @@ def throughput(src: Client, dst: Client, ops: list[Any], n_docs: int) -> tuple[f
         if batch.idle:
             break
     rep.close()
-    return events / (time.perf_counter() - started), applier.stats.lookups
+    rate = events / (time.perf_counter() - started)
+    if field is not None:  # the point of the run: exactly the matching documents
+        want = {d["_id"] for d in src.bench.docs.find(FILTERS[field], {"_id": 1})}
+        assert want == {d["_id"] for d in dst.bench.docs.find({}, {"_id": 1})}, "filtered apply diverged"
+    return rate, applier.stats.lookups
 
 
 def lag_under_load(src: Client, dst: Client, rate: float, seconds: float, n_docs: int) -> list[float]:
@@ -163,6 +179,8 @@ def main() -> None:
         ops = workload(args.ops, args.docs)
         ceil = ceiling(dst, ops, args.docs)
         ours, lookups = throughput(src, dst, ops, args.docs)
+        by_n, by_n_lookups = throughput(src, dst, ops, args.docs, "n")
+        by_user, by_user_lookups = throughput(src, dst, ops, args.docs, "user")
         rate = args.rate or ceil / 2
         lags = sorted(lag_under_load(src, dst, rate, args.seconds, args.docs))
         p50 = statistics.median(lags)
@@ -171,6 +189,10 @@ def main() -> None:
         print(f"{'run':<44}{'ops/s':>10}{'ratio':>8}")
         print(f"{'(a) ceiling: bulk_write straight to dst':<44}{ceil:>10,.0f}{1.0:>8.2f}")
         print(f"{'(b) mongoferry capture + apply':<44}{ours:>10,.0f}{ours / ceil:>8.2f}   ({lookups:,} source lookups)")
+        print(f"{'(d) --filter on n (every update changes it)':<44}{by_n:>10,.0f}{by_n / ceil:>8.2f}   "
+              f"({by_n_lookups:,} source lookups)")
+        print(f"{'(e) --filter on user (no update touches it)':<44}{by_user:>10,.0f}{by_user / ceil:>8.2f}   "
+              f"({by_user_lookups:,} source lookups)")
         print(f"(c) lag at {rate:,.0f} ops/s for {args.seconds:.0f}s: p50 {p50:.3f}s  p99 {p99:.3f}s "
               f"over {len(lags):,} events")
         print(f"date {dt.date.today()}")

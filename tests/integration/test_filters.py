@@ -201,6 +201,11 @@ def test_a_filtered_split_gives_each_part_its_share_of_the_matching_documents_an
     r = run_cli("prune", "--uri", src.uri, "--meta", dst1.uri, "--from-split", "split", "--keep", "0",
                 "--include", "app.users", "--filter", 'app.users={"n": 1}')
     assert r.code == 2 and "--filter" in r.err, r.text
+    typo = run_cli("prune", "--uri", src.uri, "--key", "n", "--parts", "2", "--keep", "0", "--include", "app",
+                   "--filter", 'app.user={"n": 1}', "--rate", "0", "--execute", "--http", "off")
+    assert typo.code == 2 and "app.user" in typo.err, typo.text
+    with src.client() as c:
+        assert c.app.users.count_documents({}) == len(left), "a refused prune deleted something"
 
 
 def test_restore_filter_gives_the_matching_documents_at_each_time_and_backup_filter_is_refused(
@@ -227,12 +232,15 @@ def test_restore_filter_gives_the_matching_documents_at_each_time_and_backup_fil
             c.shop.orders.insert_one({"_id": 9999, "flag": True})
             marks.append((newest(c), matching_docs(src, "shop.orders", query)))
             people = raw_docs(src, "crm.people")
-        wait_for(lambda: covered(folder) >= marks[-1][0], timeout=60)
+            c.admin.command("renameCollection", "shop.orders", to="shop.archived")
+            renamed = newest(c)
+        wait_for(lambda: covered(folder) >= renamed, timeout=60)
         stop(proc)
 
         entry = f"shop.orders={json.dumps(query)}"
         for bad, says in (('shop.nothing={"a": 1}', "not a collection this restore writes"),
-                          ('shop.orders={"a": {"$bogus": 1}}', "refused by the server")):
+                          ('shop.orders={"a": {"$bogus": 1}}', "refused by the server"),
+                          ('shop.orders={"flag": true}', "renames shop.orders to shop.archived")):
             r = run_cli("restore", "--from", str(folder), "--dst", dst.uri, "--filter", bad)
             assert r.code == 2 and says in r.err, r.text
             assert not user_namespaces(dst), "a refused restore wrote something"

@@ -50,6 +50,9 @@ def test_the_fields_a_query_reads() -> None:
     ({"$set": {"tenant": "x"}}, True),
     ({"$unset": {"tenant.sub": ""}}, True),  # inside the filtered field
     ({"$set": {"a": {"b": 2}}}, True),  # replaces the parent of a filtered path
+    ({"$set": {"a.0.b": 1}}, True),  # `a.b` also reads inside an array `a`
+    ({"$set": {"a.1": {"b": 1}}}, True),  # a whole element of it
+    ({"$set": {"abc": 1}}, False),  # a field that merely starts with the same letters
     ({"diff": {"u": {"name": "n"}}}, False),  # oplog $v:2
     ({"diff": {"stenant": {"u": {"x": 1}}}}, True),
     ({"updatedFields": {"other": 1}, "removedFields": []}, False),  # a change event's description

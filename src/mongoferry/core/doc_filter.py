@@ -23,7 +23,7 @@ from typing import Any
 from bson import json_util
 
 from mongoferry.core.errors import UsageError
-from mongoferry.core.routing import overlaps, update_paths
+from mongoferry.core.routing import update_paths
 
 Filters = Mapping[str, Mapping[str, Any]]  # source namespace → query
 
@@ -89,7 +89,9 @@ def may_change_match(query: Mapping[str, Any], update: Mapping[str, Any] | None)
     changed = update_paths(update)
     if read is None or changed is None:
         return True
-    return any(overlaps(c, r) for c in changed for r in read)
+    # By top-level field: a query on `a.b` also reads `a.0.b` (arrays are traversed), and an update
+    # of `a.1` may replace a whole element; a finer comparison would have to know the document.
+    return bool({c.split(".")[0] for c in changed} & {r.split(".")[0] for r in read})
 
 
 def and_filter(query: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -178,7 +178,7 @@ class Rule:
             return False
         key = self.key_of(ns)
         paths = update_paths(update)
-        return paths is None or any(overlaps(p, key) for p in paths)
+        return paths is None or any(_overlaps(p, key) for p in paths)
 
     def describe(self, no_unrouted: str = "refused") -> str:
         how = {"mod": f"{self.key} mod {self.parts}", "hash": f"sha256({self.key}) mod {self.parts}",
@@ -201,7 +201,7 @@ def bson_type(value: Any) -> str:
     return _TYPE_ALIASES.get(code, str(code))
 
 
-def overlaps(path: str, key: str) -> bool:
+def _overlaps(path: str, key: str) -> bool:
     a, b = path.split("."), key.split(".")
     n = min(len(a), len(b))
     return a[:n] == b[:n]

@@ -191,6 +191,14 @@ class PruneJob:
                 out.append(Target(ns, self.rule.key_of(ns), NamespaceProgress(ns, estimated=spec.count)))
         return out
 
+    def check_filters(self, targets: list[Target]) -> None:
+        """A --filter for a namespace that is not pruned is a typo: pruning the intended one unfiltered
+        would delete what the split never moved. Refused before any delete."""
+        pruned = {t.ns for t in targets}
+        for ns in sorted(set(self.filters) - pruned):
+            raise UsageError(f"--filter names {ns}, which this prune does not touch",
+                             "check the name and --include/--exclude; nothing was deleted")
+
     def check_keys(self, targets: list[Target]) -> None:
         """A key no document has is a typo, not an instruction to keep everything: refuse it."""
         for t in targets:
@@ -470,6 +478,8 @@ def run_prune(s: PruneSettings) -> int:
         with stop_on_signals() as stop:
             job = PruneJob(s, client, meta if s.execute else None, rule, keep, status, stop, filters)
             targets = job.targets()
+            if s.filter:  # (a split's own filters may name namespaces this prune leaves alone)
+                job.check_filters(targets)
             job.check_keys(targets)
             if not s.execute:
                 check_job(meta, rule, keep, filters)

@@ -209,6 +209,29 @@ def fetch_oplog(plan: Plan, into: Path) -> list[Path]:
     return paths
 
 
+def refuse_filtered_renames(plan: Plan, paths: list[Path], filters: Filters) -> None:
+    """A --filter belongs to a name at --to-time's end; a rename the replay would apply to or onto a
+    filtered collection would carry its documents past the filter. Refused before anything is written."""
+    if not filters:
+        return
+    for path in paths:
+        with path.open("rb") as f:
+            for raw in iter_bson(f):
+                entry = RawBSONDocument(raw)
+                if entry.get("op") != "c" or "renameCollection" not in entry.get("o", {}):
+                    continue
+                ts = entry["ts"]
+                if (plan.start is not None and ts <= plan.start) or (plan.target is not None and ts > plan.target):
+                    continue
+                old, new = str(entry["o"]["renameCollection"]), str(entry["o"].get("to", ""))
+                for ns in (old, new):
+                    if ns in filters:
+                        raise UsageError(f"{plan.label}: the oplog renames {old} to {new} at {ts_text(ts)}, and "
+                                         f"--filter applies to {ns}: a filter by name cannot follow the rename",
+                                         "restore to a time before the rename, or without --filter; nothing was "
+                                         "written")
+
+
 def _spec(plan: Plan, ns: str) -> CollectionSpec:
     meta_key = plan.files[ns][1]
     data = plan.storage.get(meta_key) if meta_key else None
@@ -254,21 +277,19 @@ class Restorer:
                     writer.drop(dst_ns)
 
     def check_filters(self) -> None:
-        """Before anything is written: each filter names a restored collection, and the server parses it."""
+        """Before anything is written: the server parses each filter this source restores."""
         todo = self.namespaces()
         with driver_errors("checking --filter"):
             for ns, query in self.filters.items():
-                if ns not in todo or _spec(self.plan, ns).kind == "view":
-                    raise UsageError(f"--filter names {ns}, which is not a collection this restore writes",
-                                     "check the name (a filter is keyed by the backed-up namespace, before --rename)")
-                catalog.check_filter(self.dst, ns, query)
+                if ns in todo:
+                    catalog.check_filter(self.dst, ns, query)
 
     def drop_unmatched(self) -> dict[str, int]:
         """The last step of a filtered restore: what does not match is deleted, per source namespace."""
         deleted: dict[str, int] = {}
         todo = self.namespaces()
         with driver_errors("deleting the documents --filter leaves out"):
-            for ns, query in sorted(self.filters.items()):
+            for ns, query in sorted((ns, q) for ns, q in self.filters.items() if ns in todo):
                 db, _, coll = todo[ns].partition(".")
                 deleted[ns] = int(self.dst[db][coll].delete_many({"$nor": [dict(query)]}).deleted_count)
                 log.info("filter applied", extra={"ns": ns, "dst": todo[ns], "deleted": deleted[ns]})
@@ -431,8 +452,15 @@ def run_restore(settings: RestoreSettings) -> int:
                     restorer = Restorer(plan, client, nsmap, stop, settings.workers, throttle=throttle,
                                         filters=filters)
                     restorer.check_filters()
-                    restorer.check_destination(settings.drop)
                     restorers.append(restorer)
+                written = {ns for r in restorers for ns in r.namespaces() if _spec(r.plan, ns).kind != "view"}
+                for ns in sorted(set(filters) - written):
+                    raise UsageError(f"--filter names {ns}, which is not a collection this restore writes",
+                                     "check the name (a filter is keyed by the backed-up namespace, before --rename)")
+                for restorer, paths in zip(restorers, oplogs, strict=True):
+                    refuse_filtered_renames(restorer.plan, paths, filters)
+                for restorer in restorers:  # the first write: --drop
+                    restorer.check_destination(settings.drop)
                 for restorer, paths in zip(restorers, oplogs, strict=True):
                     with driver_errors("restoring the snapshot"):
                         restorer.restore_snapshot()
@@ -441,12 +469,13 @@ def run_restore(settings: RestoreSettings) -> int:
                         log.warning("restore stopped before the end; run it again with --drop")
                         return EXIT_UNEXPECTED
                     left_out = restorer.drop_unmatched()
-                    docs = sum(restorer.restored.values()) - sum(left_out.values())
+                    docs = sum(restorer.restored.values())
                     plan = restorer.plan
+                    filtered = f"; --filter then deleted {sum(left_out.values())}" if left_out else ""
                     print(f"{plan.label}: restored {docs} document(s) in {len(restorer.namespaces())} namespace(s) "
                           f"from snapshot {plan.snapshot or '(mongodump directory)'}, replayed "
                           f"{sum(v for k, v in events.items() if k not in ('skipped',))} operation(s) up to "
-                          f"{ts_text(plan.target) if plan.target else 'the end of the oplog'}")
+                          f"{ts_text(plan.target) if plan.target else 'the end of the oplog'}{filtered}")
                     log.info("restore complete", extra={"source": plan.label, "documents": docs, **events})
         finally:
             for client in clients:

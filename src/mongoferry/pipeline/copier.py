@@ -127,7 +127,10 @@ class Copier:
                 if spec is not None:
                     self.specs[ns] = spec
                 query = self.nsmap.filter_of(ns)
-                if spec is not None and spec.kind == "collection" and query is not None:
+                if spec is not None and query is not None:
+                    if spec.kind == "view":
+                        raise UsageError(f"--filter names {ns}, a view: a view holds no documents to filter",
+                                         "filter the collection the view reads, or give the view its own $match")
                     # Progress counts what matches; the server refuses a bad filter here, before any write.
                     matching = catalog.filtered_count(self.src, ns, query)
                     spec.count = spec.count if matching is None else matching

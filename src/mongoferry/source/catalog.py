@@ -71,11 +71,22 @@ def filtered_count(client: Client, ns: str, query: Mapping[str, Any]) -> int | N
         raise _refused(ns, query, exc) from None
 
 
+UNRECOGNIZED_STAGE = 40324
+
+
 def check_filter(client: Client, ns: str, query: Mapping[str, Any]) -> None:
-    """Have the server parse a --filter without reading much: a query on its oplog, cut short. (A
-    server parses no query against a collection it does not have; a standalone has no oplog.)"""
+    """Have the server parse a --filter, in the `$nor` form a filtered restore sends, without reading
+    a collection (a server parses no query against a collection it does not have): a `$match` on
+    one `$documents` document (MongoDB 5.1+, mongos too), else a query on its oplog, cut short."""
+    negated = {"$nor": [dict(query)]}
     try:
-        list(client["local"]["oplog.rs"].find(dict(query)).limit(1).max_time_ms(200))
+        list(client["admin"].aggregate([{"$documents": [{}]}, {"$match": negated}]))
+        return
+    except OperationFailure as exc:
+        if exc.code != UNRECOGNIZED_STAGE:
+            raise _refused(ns, query, exc) from None
+    try:
+        list(client["local"]["oplog.rs"].find(negated).limit(1).max_time_ms(200))
     except OperationFailure as exc:
         if not (isinstance(exc, ExecutionTimeout) or exc.code in (50, 13)):  # slow, or not allowed to read it
             raise _refused(ns, query, exc) from None
