@@ -96,6 +96,11 @@ def replayer(src: Client, dst: Client, start: Position, status: JobStatus,
                     store=MetaStore(dst, "mongoferry_meta", "bench")), applier
 
 
+def forget_positions(dst: Client) -> None:
+    """Each run starts at its own position, never at one a previous run saved."""
+    dst.drop_database("mongoferry_meta")
+
+
 FILTERS = {"n": {"n": {"$mod": [2, 0]}}, "user": {"user": {"$in": [f"u{i}" for i in range(0, 500, 2)]}}}
 
 
@@ -107,6 +112,7 @@ def throughput(src: Client, dst: Client, ops: list[Any], n_docs: int, field: str
         query = FILTERS[field]
         dst.bench.docs.delete_many({"$nor": [query]})
         filters = [f"bench.docs={json_util.dumps(query)}"]
+    forget_positions(dst)
     start = Position(cap.current_time(src))
     for i in range(0, len(ops), 1000):  # one op per command, like an application
         for op in ops[i:i + 1000]:
@@ -130,6 +136,7 @@ def throughput(src: Client, dst: Client, ops: list[Any], n_docs: int, field: str
 def lag_under_load(src: Client, dst: Client, rate: float, seconds: float, n_docs: int) -> list[float]:
     seed(src, "docs", n_docs)
     seed(dst, "docs", n_docs)
+    forget_positions(dst)
     start = Position(cap.current_time(src))
     stop = threading.Event()
     ops = workload(int(rate * seconds) + 10, n_docs, seed=9)

@@ -70,7 +70,8 @@ def test_an_opaque_query_makes_every_update_a_question_for_the_source() -> None:
 
 def test_and_filter() -> None:
     assert and_filter({"_id": 1}, None) == {"_id": 1}
-    assert and_filter({"_id": 1}, {"t": 2}) == {"$and": [{"_id": 1}, {"t": 2}]}
+    assert and_filter({"_id": 1}, {"t": 2}) == {"_id": 1, "t": 2}  # an index lookup everywhere
+    assert and_filter({"_id": 1}, {"_id": {"$gt": 0}}) == {"$and": [{"_id": 1}, {"_id": {"$gt": 0}}]}
 
 
 def _event(op: str, _id: int, ns: str = "app.users", update: dict[str, Any] | None = None,

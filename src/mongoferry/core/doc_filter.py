@@ -95,8 +95,14 @@ def may_change_match(query: Mapping[str, Any], update: Mapping[str, Any] | None)
 
 
 def and_filter(query: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`query` restricted to the documents `extra` matches."""
-    return dict(query) if not extra else {"$and": [dict(query), dict(extra)]}
+    """`query` restricted to the documents `extra` matches: one document of both when their keys
+    differ (a plain `{_id: {$in: …}, …}` is an index lookup on every server; some plan an `$and` as
+    a scan), else an `$and`."""
+    if not extra:
+        return dict(query)
+    if set(query).isdisjoint(extra):
+        return {**query, **extra}
+    return {"$and": [dict(query), dict(extra)]}
 
 
 def describe(filters: Filters) -> list[str]:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
+from mongoferry.core.doc_filter import and_filter
 from mongoferry.core.errors import MongoferryError
 from mongoferry.core.model import Partition
 from mongoferry.core.namespaces import split_ns
@@ -80,9 +81,7 @@ class Engine:
     def _query(self, client: Client, ns: str, filt: Mapping[str, Any] | None) -> dict[str, Any]:
         """The check's own filter, and on the source the namespace's --filter."""
         extra = self.src_filters.get(ns) if client is self.src else None
-        if filt and extra:
-            return {"$and": [dict(filt), dict(extra)]}
-        return dict(filt or extra or {})
+        return and_filter(filt or {}, extra)
 
     # ------------------------------------------------------------------ documents
     def compare_pair(self, pair: Pair, key: bytes, s_raw: bytes, d_raw: bytes, sink: Sink) -> bool:
@@ -104,10 +103,7 @@ class Engine:
         found: dict[bytes, bytes] = {}
         for i in range(0, len(keys), BATCH_SIZE):
             chunk = keys[i: i + BATCH_SIZE]
-            query: Mapping[str, Any] = raw_id_in_filter(chunk)
-            restrict = self._query(client, ns, filt)
-            if restrict:
-                query = {"$and": [query, restrict]}
+            query: Mapping[str, Any] = and_filter(raw_id_in_filter(chunk), self._query(client, ns, filt))
             for batch in handle.find_raw_batches(query, batch_size=BATCH_SIZE):
                 for raw in split_batch(cast(bytes, batch)):
                     key = fast_id_key(raw)
