@@ -160,3 +160,37 @@ def test_controls_need_the_token_and_a_public_address_needs_one(
     finally:
         _stop(proc)
     assert TOKEN not in (tmp_path / "sync.log").read_text()
+
+
+def test_publish_redis_serves_the_dashboard_read_only_beside_its_oplogtoredis_endpoints(
+        tmp_path: Path, browser: Any) -> None:
+    from tests.integration.test_publish_redis import RedisServer
+
+    mongo = EmbeddedServer(tmp_path / "mongo").start()
+    redis = RedisServer(tmp_path / "redis").start()
+    port = free_port()
+    proc = start_cli("publish-redis", "--mongo-url", mongo.uri, "--redis-url", redis.url,
+                     "--http", f"127.0.0.1:{port}", log=tmp_path / "publish.log")
+    try:
+        wait_for(lambda: job_progress(port).get("state") == "RUNNING", timeout=60)
+        with mongo.client() as c:
+            for i in range(25):
+                c.app.items.insert_one({"_id": f"i{i}", "n": i})
+        wait_for(lambda: job_progress(port)["events"]["insert"] == 25, timeout=60)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/healthz", timeout=5).status_code == 200  # oplogtoredis's, unchanged
+        assert httpx.get(url + "/api/v1/ui", timeout=5).json()["controls"] == []
+
+        browser.get(url + "/")
+        progress = job_progress(port)
+        wait_for(lambda: _text(browser, "state") == "RUNNING", timeout=30)
+        wait_for(lambda: _text(browser, "events-total") == str(sum(progress["events"].values())), timeout=30)
+        assert _text(browser, "kind") == "publish-redis"
+        sinks = _text(browser, "sinks")
+        assert progress["sinks"] and all(f"{name} {s['events']}" in sinks for name, s in progress["sinks"].items())
+        page_errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+        assert page_errors == [], page_errors
+    finally:
+        _stop(proc)
+        redis.stop()
+        mongo.stop()

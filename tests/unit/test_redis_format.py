@@ -1224,3 +1224,11 @@ def test_lua_splits_channels_on_dollar_like_otr(r: redis.Redis, subscriber: Any)
     script = r.register_script(DEDUPE_PUBLISH_LUA)
     assert script(*script_keys_and_args([pub])) == [1]
     assert _drain(subscriber) == [(b"db.c", pub.message), (b"db.c::a", pub.message), (b"b", pub.message)]
+
+
+def test_the_dashboard_counts_each_raw_change_by_its_kind() -> None:
+    from mongoferry.jobs.publish_redis import read_kind
+
+    assert [read_kind(r) for r in ({"operationType": "insert"}, {"operationType": "drop"}, {"op": "u"},
+                                   {"op": "c"}, {"op": "n"}, {"op": "?"}, None)] == [
+        "insert", "ddl", "update", "ddl", "noop", "skipped", "skipped"]

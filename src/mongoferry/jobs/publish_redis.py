@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from mongoferry.infra.clients import Client
     from mongoferry.sinks.redis.publisher import PublishMetrics, RedisClient, RedisPublisher
     from mongoferry.sinks.redis.sink import Formatted
+    from mongoferry.state.status import JobStatus
 
 log = logging.getLogger("mongoferry.publish_redis")
 
@@ -90,7 +92,7 @@ class PublishJob:
     """publish-redis on the shared pipeline: OTR's capture → format once → one sink per Redis."""
 
     def __init__(self, settings: PublishRedisSettings, mongo: Client, publishers: list[RedisPublisher],
-                 metrics: PublishMetrics, stop: threading.Event) -> None:
+                 metrics: PublishMetrics, stop: threading.Event, status: JobStatus | None = None) -> None:
         from mongoferry.sinks.redis.sink import RedisSink
         from mongoferry.state.status import JobStatus
 
@@ -100,7 +102,8 @@ class PublishJob:
         self.metrics = metrics
         self.stop = stop
         self.sinks = [RedisSink(p, stop) for p in publishers]
-        self.status = JobStatus()
+        self.status = status or JobStatus()
+        self.status.set(state="STARTING")
 
     # ------------------------------------------------------------ start position
     def initial_start(self) -> Position | None:
@@ -186,12 +189,16 @@ class PublishJob:
         self.pipeline = Pipeline(lambda position: OtrCapture(self.mongo, self.s.capture, position),
                                  list(self.sinks), start, self.status, self.stop, route=self.format,
                                  on_history_lost=self.history_lost, max_batch=self.s.batch_size)
+        self.status.set(state="RUNNING")
         log.info("publishing to Redis %s", "at the end" if stored is None else f"from {resume_value(start.ts)}",
                  extra={"capture": self.s.capture, "redis": [p.target.shown for p in self.publishers],
                         "start": resume_value(start.ts) if stored is not None else None})
         try:
             while not self.stop.is_set():
-                self.pipeline.step()
+                batch = self.pipeline.step()
+                if batch.units:  # the dashboard's and progress's counts: the changes read, by type
+                    self.status.set(events=self.status.events + Counter(read_kind(e.raw) for u in batch.units
+                                                                         for e in u))
                 self.check_publishers()
         finally:
             self.pipeline.close()
@@ -257,18 +264,33 @@ def _shifted(p: Publication, offset: int, prefix: str) -> Publication:
     return replace(p, tx_index=index, dedupe_key=dedupe_key(p.ts, index, prefix))
 
 
+_OPLOG_KINDS = {"i": "insert", "u": "update", "d": "delete", "c": "ddl", "n": "noop"}
+
+
+def read_kind(raw: Any) -> str:
+    """The kind of change a raw change event or oplog entry is, in the status's event types."""
+    if not isinstance(raw, Mapping):
+        return "skipped"
+    kind = raw.get("operationType") or _OPLOG_KINDS.get(str(raw.get("op")), "skipped")
+    return kind if kind in ("insert", "update", "replace", "delete", "noop", "skipped") else "ddl"
+
+
 # --------------------------------------------------------------------------- HTTP
 
 
-def http_app(mongo: Client, health_clients: list[RedisClient], metrics: PublishMetrics) -> Starlette:
-    """``/healthz`` (any method) and ``/metrics``, as OTR serves them."""
+def http_app(mongo: Client, health_clients: list[RedisClient], metrics: PublishMetrics,
+             status: JobStatus | None = None) -> Starlette:
+    """``/healthz`` (any method) and ``/metrics``, as OTR serves them; and mongoferry's own
+    ``/api/v1/progress`` with the dashboard at ``/`` (read-only: publish-redis has no controls)."""
     import pymongo
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from redis.exceptions import RedisError
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import Response
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
+
+    from mongoferry.http.dashboard import dashboard_routes
 
     def mongo_ok() -> bool:
         try:
@@ -292,9 +314,14 @@ def http_app(mongo: Client, health_clients: list[RedisClient], metrics: PublishM
     def metrics_page(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def progress(request: Request) -> Response:
+        return JSONResponse(status.snapshot() if status is not None else {})
+
     any_method = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
     return Starlette(routes=[Route("/healthz", healthz, methods=any_method),
-                             Route("/metrics", metrics_page, methods=["GET", "HEAD"])])
+                             Route("/metrics", metrics_page, methods=["GET", "HEAD"]),
+                             Route("/api/v1/progress", progress, methods=["GET"]),
+                             *dashboard_routes("publish-redis", [])])
 
 
 # --------------------------------------------------------------------------- entry point
@@ -314,6 +341,7 @@ def run_publish_redis(settings: PublishRedisSettings) -> int:
         parse_redis_urls,
     )
     from mongoferry.source.capture import check_capture
+    from mongoferry.state.status import JobStatus
 
     # 1. Everything that can be checked without a server.
     targets = parse_redis_urls(settings.redis_url)
@@ -344,15 +372,16 @@ def run_publish_redis(settings: PublishRedisSettings) -> int:
                                      max_catch_up_s=settings.max_catch_up_s,
                                      flush_interval_s=settings.flush_interval_s, batch_size=settings.batch_size)
                       for t, c in zip(targets, clients, strict=True)]
+        status = JobStatus()
         if bind is not None:
-            http = HttpServer(http_app(mongo, health, metrics), *bind).start()
+            http = HttpServer(http_app(mongo, health, metrics, status), *bind).start()
         for p in publishers:
             p.start()
         log.info("publish-redis started", extra={"mongo": redact_uri(mongo_uri),
                                                  "redis": [t.shown for t in targets],
                                                  "http": f"{bind[0]}:{bind[1]}" if bind else "off"})
         with stop_on_signals() as stop:
-            job = PublishJob(settings, mongo, publishers, metrics, stop)
+            job = PublishJob(settings, mongo, publishers, metrics, stop, status)
             try:
                 code = job.run()
             finally:
