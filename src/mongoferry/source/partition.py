@@ -62,7 +62,10 @@ def ranges_use_index(coll: Collection[Any]) -> bool:
     """Does the server read an `_id` range through the index? (some compatible servers scan it all,
     and then every extra range would cost a full collection scan)."""
     try:
-        explained = coll.find({"_id": {"$gte": 0}}).hint([("_id", 1)]).explain()
+        # queryPlanner only: the driver's default verbosity runs the query, a collection scan
+        # (measured on SecantusDB: 0.96 s for 60,000 documents against 0.002 s)
+        explained = coll.database.command("explain", {"find": coll.name, "filter": {"_id": {"$gte": 0}},
+                                                      "hint": {"_id": 1}}, verbosity="queryPlanner")
     except PyMongoError:
         return False
     return "IXSCAN" in set(_stages(explained.get("queryPlanner", explained)))
