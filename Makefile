@@ -17,7 +17,10 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check --only-binary :all: uv==$(UV_VERSION)
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --quiet --frozen --extra test --python $(PYTHON)
+	$(UV) sync --quiet --frozen --extra test --compile-bytecode --python $(PYTHON)
+	@# Bytecode up front: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise
+	@# compile its imports again (measured: 0.7 s of each mongoferry start, and of every server).
+	$(PY) -m compileall -q src
 	touch $(STAMP)
 
 install: $(STAMP)
