@@ -168,19 +168,87 @@ def test_sigkill_during_copy_then_rerun_ends_identical(servers: tuple[EmbeddedSe
         assert raw_docs(src, ns) == raw_docs(dst, ns)
 
 
-def test_workers_auto_measures_a_range_read_and_keeps_one_reader_where_it_costs_a_scan(
+def test_workers_auto_keeps_one_reader_where_opening_a_cursor_costs_a_scan(
         servers: tuple[EmbeddedServer, EmbeddedServer]) -> None:
     src, dst = servers
-    seed_many(src, 30_000)  # the test server scans the collection for every _id range
-    r = run_cli("copy", "--src", src.uri, "--dst", dst.uri, "--log-format", "json")
+    seed_many(src, 60_000)  # the test server reads the whole collection to open any cursor
+    # held to 3,000 docs/s so that the collection has time left when it is measured; the share is
+    # lowered so the decision does not hang on how fast this machine opened the cursor
+    r = run_cli("copy", "--src", src.uri, "--dst", dst.uri, "--max-docs-per-s", "3000", "--log-format", "json",
+                env={"MONGOFERRY_AUTO_OPEN_SHARE": "0.001"})
     assert r.code == 0, r.text
     plans = [line for line in r.json_lines() if str(line.get("msg", "")).startswith("copy plan")]
-    assert [p["msg"] for p in plans if p["ns"] == "big.docs"] == [
-        "copy plan: one reader (an _id range costs a collection scan here)"]
-    assert next(p for p in plans if p["ns"] == "big.docs")["rangeReadSeconds"] > 0
+    mine = [p for p in plans if p["ns"] == "big.docs"]
+    assert [p["msg"] for p in mine] == ["copy plan: one reader"]
+    assert "opening a cursor took" in mine[0]["reason"]
     with dst.client() as c:
         assert c.mongoferry_meta.partitions.count_documents({"ns": "big.docs"}) == 1
     assert raw_docs(src, "big.docs") == raw_docs(dst, "big.docs")
+
+
+# --ranges auto's tuning, set so that a second reader is tried here (kept, or given up)
+TRY_SECOND = {"MONGOFERRY_AUTO_OPEN_SHARE": "1000"}
+
+
+def seed_mixed_ids(server: EmbeddedServer, n: int) -> None:
+    """`n` documents whose _ids span BSON types (numbers, strings, ObjectIds, dates, MinKey…), so the
+    two readers meet wherever the types' order puts them."""
+    with server.client() as c:
+        c.mixed.docs.insert_many([odd_document(i, _id) for i, _id in enumerate(ODD_IDS)])
+        for start in range(0, n, 3000):
+            batch: list[dict[str, Any]] = []
+            for i in range(start, min(n, start + 3000)):
+                _id: Any = (i + 10 if i % 3 == 0 else f"s{i:07d}" if i % 3 == 1
+                            else ObjectId(i.to_bytes(4, "big") + bytes(8)))
+                batch.append({"_id": _id, "v": "x" * 150, "i": i})
+            c.mixed.docs.insert_many(batch)
+
+
+def test_a_second_reader_from_the_end_meets_the_first_across_id_types_and_survives_sigkill(
+        servers: tuple[EmbeddedServer, EmbeddedServer], tmp_path: Path) -> None:
+    src, dst = servers
+    seed_mixed_ids(src, 60_000)
+    args = ("copy", "--src", src.uri, "--dst", dst.uri, "--batch-size", "200", "--max-docs-per-s", "3000",
+            "--log-format", "json")  # held, so the collection has time left when it is measured
+    env = {**TRY_SECOND, "MONGOFERRY_AUTO_GAIN": "0"}  # kept whatever it gives
+    proc = start_cli(*args, env=env, log=tmp_path / "copy.log")
+
+    def second_reader_wrote() -> bool:
+        with dst.client() as c:
+            return any(p.get("docs", 0) >= 2000 for p in c.mongoferry_meta.partitions.find({"descending": True}))
+
+    wait_for(second_reader_wrote, timeout=180)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with dst.client() as c:
+        parts = list(c.mongoferry_meta.partitions.find({"ns": "mixed.docs"}))
+        assert len(parts) == 2 and not all(p["done"] for p in parts)
+    r = run_cli(*args, env=env)
+    assert r.code == 0, r.text
+    assert any(line.get("msg") == "copy resuming" for line in r.json_lines())
+    log = (tmp_path / "copy.log").read_text()
+    assert "copy plan: trying a second reader from the end" in log
+    # the resumed run goes on with the two readers it had: no new trial
+    assert not [line for line in r.json_lines() if str(line.get("msg", "")).startswith("copy plan: trying")]
+    source, dest = raw_docs(src, "mixed.docs"), raw_docs(dst, "mixed.docs")
+    assert len(source) == 60_000 + len(ODD_IDS)
+    assert source == dest
+
+
+def test_a_second_reader_that_is_not_faster_stops_and_the_first_reads_on(
+        servers: tuple[EmbeddedServer, EmbeddedServer]) -> None:
+    src, dst = servers
+    seed_mixed_ids(src, 60_000)
+    r = run_cli("copy", "--src", src.uri, "--dst", dst.uri, "--batch-size", "200", "--max-docs-per-s", "3000",
+                "--log-format", "json", env={**TRY_SECOND, "MONGOFERRY_AUTO_GAIN": "1000"})  # never fast enough
+    assert r.code == 0, r.text
+    msgs = [line["msg"] for line in r.json_lines() if str(line.get("msg", "")).startswith("copy plan")]
+    assert msgs == ["copy plan: trying a second reader from the end",
+                    "copy plan: back to one reader (two were not faster)"], msgs
+    with dst.client() as c:
+        down = c.mongoferry_meta.partitions.find_one({"ns": "mixed.docs", "descending": True})
+        assert down is not None and down["done"] and 0 < down["docs"] < 30_000
+    assert raw_docs(src, "mixed.docs") == raw_docs(dst, "mixed.docs")
 
 
 def test_sigterm_stops_cleanly_and_rerun_finishes(servers: tuple[EmbeddedServer, EmbeddedServer],

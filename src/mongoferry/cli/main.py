@@ -30,13 +30,12 @@ __all__ = ["given", "main", "run_guarded", "settings_from"]
 def copy_options(fn: F) -> F:
     opts = [
         click.option("--workers", metavar="N|auto",
-                     help=env_help("Readers in parallel; auto (the default): one per collection, up to 4 at "
-                                   "once, and _id ranges within one only where the server reads them cheaply.",
-                                   "workers")),
+                     help=env_help("Readers in parallel; auto (the default): up to 4, one per collection, "
+                                   "plus a second for a collection where it was measured faster.", "workers")),
         click.option("--ranges", type=click.Choice(["auto", "on", "off"]),
-                     help=env_help("Copy one collection in parallel _id ranges: auto (the default) where a "
-                                   "measured range read costs about what its documents do, on, or off.",
-                                   "ranges")),
+                     help=env_help("Readers within one collection: auto (the default) adds a second from its "
+                                   "end where opening a cursor is cheap and keeps it if the copy got faster; "
+                                   "on plans _id ranges up front; off keeps one.", "ranges")),
         click.option("--batch-size", type=int, help=env_help("Documents per read/insert batch (default 1000).",
                                                               "batch_size")),
         click.option("--partition-docs", type=int,

@@ -79,6 +79,7 @@ class Partition:
     has_lower: bool = False
     has_upper: bool = False
     natural: bool = False  # copied in $natural order, restarted whole on resume
+    descending: bool = False  # read from the collection's end down, to meet an ascending reader
     last_id: Any = None
     has_last: bool = False
     docs: int = 0
@@ -94,6 +95,8 @@ class Partition:
             d["upper"] = self.upper
         if self.has_last:
             d["last_id"] = self.last_id
+        if self.descending:
+            d["descending"] = True
         return d
 
     @classmethod
@@ -101,5 +104,5 @@ class Partition:
         return cls(id=d["_id"], ns=d["ns"], index=d["index"], lower=d.get("lower"), upper=d.get("upper"),
                    has_lower="lower" in d, has_upper="upper" in d, natural=d.get("natural", False),
                    last_id=d.get("last_id"), has_last="last_id" in d, docs=d.get("docs", 0),
-                   bytes=d.get("bytes", 0), done=d.get("done", False))
+                   bytes=d.get("bytes", 0), done=d.get("done", False), descending=d.get("descending", False))
 

@@ -121,9 +121,16 @@ def parse_workers(value: Any) -> Any:
 
 class CopySettings(ConnectionSettings):
     workers: Literal["auto"] | int = Field(
-        "auto", description="readers in parallel, or 'auto': one per collection, ranges only where measured cheap")
+        "auto", description="readers in parallel, or 'auto': up to 4, one per collection, plus a second "
+        "reader for a collection where measured faster")
     ranges: Literal["auto", "on", "off"] = Field(
-        "auto", description="_id ranges within a collection: auto (where a measured range read is cheap), on, off")
+        "auto", description="readers within a collection: auto (a second from its end, kept where measured "
+        "faster), on (planned _id ranges), off")
+    # Tuning of --ranges auto (env/YAML only): a second reader is tried where opening a cursor took at
+    # most this share of the time the collection has left, and kept where throughput rose by auto_gain.
+    auto_open_share: float = Field(0.05, ge=0, description="try a second reader where opening a cursor costs "
+                                   "at most this share of the collection's time left")
+    auto_gain: float = Field(1.1, ge=0, description="keep the second reader where throughput rose by this factor")
     batch_size: int = Field(1000, ge=1, le=100_000)
     partition_docs: int = Field(50_000, ge=100, description="target documents per partition")
     drop_dst: bool = False

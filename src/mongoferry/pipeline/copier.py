@@ -16,8 +16,10 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
 import bson
@@ -32,6 +34,7 @@ from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.infra.clients import RAW, Client, driver_errors, namespace_changed
 from mongoferry.infra.config import CopySettings
 from mongoferry.infra.progress import Reporter
+from mongoferry.pipeline.copy_ends import MEASURE_S, Meeting, keep_second_reader, worth_a_second_reader
 from mongoferry.pipeline.counts import count_rows
 from mongoferry.pipeline.source_health import SourceHealth
 from mongoferry.pipeline.throttle import Throttle, job_throttle
@@ -64,6 +67,16 @@ def partition_target(count: int, workers: int, configured: int) -> int:
 Keep = Callable[[str, RawBSONDocument], bool]  # (source namespace, document) → copy it here?
 
 
+@dataclass
+class Trial:
+    """A second reader being measured: started at `at`, when the copy ran at `base_rate` docs/s."""
+    ns: str
+    down: Partition
+    at: float
+    docs_at: int
+    base_rate: float
+
+
 class Copier:
     def __init__(self, settings: CopySettings, src: Client, dst: Client | None, meta: CopyState,
                  nsmap: NamespaceMap, reporter: Reporter, stop: threading.Event, kind: str = "copy",
@@ -94,6 +107,14 @@ class Copier:
         self.job: Job | None = None
         self._lock = threading.Lock()
         self._remaining: dict[str, int] = {}
+        # --ranges auto: a second reader per collection from its other end, measured before it is kept
+        self._meetings: dict[str, Meeting] = {}
+        self._opened: dict[str, float] = {}  # partition id → when its reader started
+        self._first: dict[str, float] = {}  # partition id → when its first batch arrived
+        self._written = 0  # documents written by every reader (the throughput the trial measures)
+        self._samples: deque[tuple[float, int]] = deque()
+        self._tried: set[str] = set()
+        self._trial: Trial | None = None
         # one throttle per job, shared with its pipeline and its HTTP API (changed while running)
         self.throttle = throttle or job_throttle(settings, SourceHealth(src))
 
@@ -177,22 +198,15 @@ class Copier:
             self.sink.create(dst_ns, spec)
             if spec.natural_order or self.whole:
                 parts = partition.natural(src_ns)
-            elif self._use_ranges(spec):
+            elif self.settings.ranges == "on" and self.settings.readers > 1:
                 target = partition_target(spec.count, self.settings.readers, self.settings.partition_docs)
                 parts = partition.plan(self.src[spec.db][spec.name], src_ns, spec.count, target)
             else:
-                parts = partition.ranges(src_ns, [])  # one reader: planning ranges would only cost a scan
+                # One reader in _id order; with --ranges auto a second may join from the other end
+                # once the copy has measured what one costs and gives (copy_ends.py).
+                parts = partition.ranges(src_ns, [])
             self.meta.save_partitions(src_ns, parts)
             self.meta.save_collection(src_ns, {"dst": dst_ns, "spec": spec.to_doc(), "state": "copying"})
-
-    def _use_ranges(self, spec: CollectionSpec) -> bool:
-        """Several `_id` ranges for one collection: asked for, or measured to be worth it."""
-        if self.settings.readers == 1 or self.settings.ranges == "off":
-            return False
-        if self.settings.ranges == "on":
-            return True
-        return spec.count >= 2 * MIN_PARTITION_DOCS and partition.ranges_are_cheap(
-            self.src[spec.db][spec.name], spec.ns)
 
     def _mapped_view_on(self, src_ns: str, spec: CollectionSpec) -> str:
         view_on = str(spec.options.get("viewOn", ""))
@@ -209,6 +223,7 @@ class Copier:
         with driver_errors("reading the job's progress"):
             colls = {d["_id"]: d for d in self.meta.load_collections()}
             parts = self.meta.load_partitions()
+            self._resume_meetings(parts)
         for ns, d in colls.items():
             if d["spec"]["kind"] == "view":
                 continue
@@ -224,14 +239,19 @@ class Copier:
                 self._finish_namespace(ns, colls[ns])
         if todo:
             with ThreadPoolExecutor(self.settings.readers, thread_name_prefix="copy") as pool:
-                futures: list[Future[None]] = [pool.submit(self._run_partition, p, colls[p.ns]) for p in todo]
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in done:
-                    if f.exception() is not None:
-                        self.stop.set()
-                        for other in futures:
-                            other.cancel()
-                        raise f.exception()  # type: ignore[misc]
+                futures = {pool.submit(self._run_partition, p, colls[p.ns]): p for p in todo}
+                while futures:
+                    done, _ = wait(list(futures), timeout=0.25, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        futures.pop(f)
+                        if f.exception() is not None:
+                            self.stop.set()
+                            for other in futures:
+                                other.cancel()
+                            raise f.exception()  # type: ignore[misc]
+                    added = self._adapt(futures, colls) if futures and not self.stop.is_set() else None
+                    if added is not None:
+                        futures[pool.submit(self._run_partition, added, colls[added.ns])] = added
         if self.stop.is_set():
             return False
         with driver_errors("finishing the copy"):
@@ -272,11 +292,13 @@ class Copier:
             p.docs = p.bytes = 0
             self.meta.reset_partition(p)
         src_coll = self.src[spec.db].get_collection(spec.name, codec_options=RAW)
+        self._opened[p.id] = time.monotonic()
         batches: queue.Queue[tuple[list[RawBSONDocument], int] | BaseException | None] = queue.Queue(maxsize=3)
         reader = threading.Thread(target=self._read, args=(src_coll, p, batches), daemon=True,
                                   name=f"read-{p.id}")
         reader.start()
         last_checkpoint = time.monotonic()
+        retiring = False
         try:
             while True:
                 item = batches.get()
@@ -285,17 +307,36 @@ class Copier:
                 if isinstance(item, BaseException):
                     raise item
                 read, nbytes = item
+                self._first.setdefault(p.id, time.monotonic())
+                meeting = self._meetings.get(p.ns)
+                met = False
+                if meeting is not None:
+                    if meeting.met.is_set():
+                        break  # the other reader covered the rest
+                    if p.descending and meeting.retired.is_set():
+                        retiring = True
+                        break
+                    whole = len(read)
+                    read, met = meeting.cut(p.descending, read)
+                    if len(read) != whole:
+                        nbytes = sum(len(d.raw) for d in read)
                 docs = self._kept(p.ns, read)
                 if len(docs) != len(read):
                     nbytes = sum(len(d.raw) for d in docs)
                 self.throttle.wait(len(docs), nbytes, self.stop)
                 if docs:
                     self.sink.insert_copied(dst_ns, docs)
+                if meeting is not None:
+                    meeting.wrote(p.descending, read)
+                with self._lock:
+                    self._written += len(read)
                 p.docs += len(docs)
                 p.bytes += nbytes
-                if not p.natural:
+                if not p.natural and read:
                     p.last_id = read[-1]["_id"]
                     p.has_last = True
+                if met:
+                    break
                 now = time.monotonic()
                 if now - last_checkpoint >= CHECKPOINT_EVERY_S:
                     self.meta.checkpoint_partition(p)
@@ -304,7 +345,11 @@ class Copier:
                 if self.stop.is_set():
                     self.meta.checkpoint_partition(p)
                     return
-            p.done = True
+            with self._lock:
+                p.done = True
+                meeting = self._meetings.get(p.ns)
+                if meeting is not None and not retiring:
+                    meeting.met.set()  # this reader reached its end, or the other's run: all is covered
             self.meta.checkpoint_partition(p)
         finally:
             self._drain(batches, reader)
@@ -314,6 +359,11 @@ class Copier:
             query = dict(self.nsmap.filter_of(p.ns) or {})
             if p.natural:
                 cursor = coll.find_raw_batches(query, batch_size=self.settings.batch_size)
+            elif p.descending:
+                cursor = coll.find_raw_batches(query, batch_size=self.settings.batch_size,
+                                               sort=[("_id", -1)]).hint([("_id", 1)])
+                if p.has_last:
+                    cursor = cursor.max([("_id", p.last_id)])  # exclusive: below what is written
             else:
                 cursor = coll.find_raw_batches(query, batch_size=self.settings.batch_size,
                                                sort=[("_id", 1)]).hint([("_id", 1)])
@@ -327,11 +377,94 @@ class Copier:
                 docs = bson.decode_all(raw, RAW)
                 if docs:
                     out.put((docs, len(raw)))
-                if self.stop.is_set():
+                if self.stop.is_set() or p.done:
                     break
             out.put(None)
         except BaseException as exc:
             out.put(exc)
+
+    # ---------------------------------------------------------------- a second reader (--ranges auto)
+    def _resume_meetings(self, parts: list[Partition]) -> None:
+        """After a restart, the two readers of a collection meet again; a down reader whose up
+        reader finished has nothing left (the up reader finishes only with the collection covered)."""
+        for down in [p for p in parts if p.descending and not p.done]:
+            self._tried.add(down.ns)
+            ups = [p for p in parts if p.ns == down.ns and not p.descending]
+            if all(p.done for p in ups):
+                down.done = True
+                self.meta.checkpoint_partition(down)
+            else:
+                self._meetings[down.ns] = Meeting(self.settings.batch_size)
+
+    def _rate(self, now: float) -> float:
+        """Documents per second over the last MEASURE_S, all readers together."""
+        self._samples.append((now, self._written))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= MEASURE_S:
+            self._samples.popleft()
+        at, docs = self._samples[0]
+        return (self._written - docs) / (now - at) if now > at else 0.0
+
+    def _adapt(self, futures: dict[Future[None], Partition], colls: dict[str, dict[str, Any]]) -> Partition | None:
+        """Called four times a second while partitions run: judge a running trial, or start one."""
+        now = time.monotonic()
+        rate = self._rate(now)
+        if self._trial is not None:
+            self._judge(now)
+            return None
+        if self.settings.ranges != "auto" or self.settings.readers < 2 or self.whole \
+                or len(futures) >= self.settings.readers:
+            return None
+        for up in list(futures.values()):
+            first = self._first.get(up.id)
+            if up.natural or up.descending or up.has_lower or up.has_upper or up.done or up.ns in self._tried \
+                    or first is None or now - first < MEASURE_S:
+                continue
+            self._tried.add(up.ns)
+            own_rate = up.docs / (now - first)
+            left = max(0, int(colls[up.ns]["spec"].get("count", 0)) - up.docs)
+            ok, why = worth_a_second_reader(first - self._opened[up.id], left, own_rate,
+                                            self.settings.auto_open_share, 2 * MIN_PARTITION_DOCS)
+            if not ok:
+                log.info("copy plan: one reader", extra={"ns": up.ns, "reason": why})
+                continue
+            return self._start_second(up, now, rate, why)
+        return None
+
+    def _start_second(self, up: Partition, now: float, rate: float, why: str) -> Partition | None:
+        down = Partition(id=f"{up.ns}#{up.index + 1:06d}", ns=up.ns, index=up.index + 1, descending=True)
+        with driver_errors("saving the copy's progress"):
+            self.meta.add_partition(down)  # saved before it reads: a restart resumes it
+            with self._lock:
+                if not up.done:
+                    self._meetings[up.ns] = Meeting(self.settings.batch_size)
+                    self._remaining[up.ns] += 1
+            if up.done:  # finished meanwhile: nothing left for a second reader
+                down.done = True
+                self.meta.checkpoint_partition(down)
+                return None
+        self._trial = Trial(ns=up.ns, down=down, at=now, docs_at=self._written, base_rate=rate)
+        log.info("copy plan: trying a second reader from the end", extra={
+            "ns": up.ns, "reason": why, "docsPerSecond": round(rate)})
+        return down
+
+    def _judge(self, now: float) -> None:
+        """Keep the second reader if the copy got faster with it; else it stops where it is."""
+        t = self._trial
+        assert t is not None
+        meeting = self._meetings[t.ns]
+        first = self._first.get(t.down.id)
+        if not (t.down.done or meeting.met.is_set()):
+            if first is None and now - t.at < 4 * MEASURE_S:
+                return  # still opening its cursor
+            if first is not None and now - first < MEASURE_S:
+                return
+        rate = (self._written - t.docs_at) / (now - t.at) if now > t.at else 0.0
+        kept = t.down.done or meeting.met.is_set() or keep_second_reader(t.base_rate, rate, self.settings.auto_gain)
+        if not kept:
+            meeting.retired.set()
+        log.info("copy plan: two readers" if kept else "copy plan: back to one reader (two were not faster)",
+                 extra={"ns": t.ns, "docsPerSecondBefore": round(t.base_rate), "docsPerSecondWithTwo": round(rate)})
+        self._trial = None
 
     def _kept(self, src_ns: str, docs: list[RawBSONDocument]) -> list[RawBSONDocument]:
         return docs if self.keep is None else [d for d in docs if self.keep(src_ns, d)]

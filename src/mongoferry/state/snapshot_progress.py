@@ -96,6 +96,9 @@ class SnapshotProgress:
                 self.partitions[p.id] = p.to_doc()
             self._save()
 
+    def add_partition(self, p: Partition) -> None:
+        self.checkpoint_partition(p)
+
     def load_partitions(self) -> list[Partition]:
         with self.lock:
             docs = sorted(self.partitions.values(), key=lambda d: (d["ns"], d["index"]))
