@@ -65,6 +65,62 @@ def test_live_writer_during_copy_and_sync_converges_byte_exact(
     assert progress_events["ddl"] >= 2  # the indexes built while running came as events
 
 
+def test_two_readers_of_one_collection_under_writes_ddl_and_sigkill_converge(
+        servers: tuple[EmbeddedServer, EmbeddedServer], harness: Harness) -> None:
+    """A second reader from the collection's end (forced here: this server's cursors are costly to
+    open), with the application writing to the collection, DDL during the copy, and a SIGKILL while
+    both readers run: the destination ends byte-identical."""
+    from tests.integration.test_copy import seed_mixed_ids
+
+    src, dst = servers
+    seed_mixed_ids(src, 60_000)
+    with src.client() as c:
+        c.mixed.side.insert_many([{"_id": i, "n": i} for i in range(300)])
+    env = {"MONGOFERRY_AUTO_OPEN_SHARE": "1000", "MONGOFERRY_AUTO_GAIN": "0"}
+    sync = harness.sync(src, dst, "--no-write-block", "--batch-size", "200", "--max-docs-per-s", "3000", env=env)
+    stop = threading.Event()
+
+    def app() -> None:  # inserts at both ends of the _id order, updates and deletes across it
+        rng = random.Random(5)
+        with src.client() as c:
+            k = 0
+            while not stop.is_set():
+                k += 1
+                c.mixed.docs.insert_one({"_id": -k, "v": "new"})
+                c.mixed.docs.insert_one({"_id": f"zz{k:06d}", "v": "new"})
+                i = rng.randrange(60_000)
+                c.mixed.docs.update_one({"i": i}, {"$set": {"v": f"u{k}"}})
+                c.mixed.docs.delete_one({"i": rng.randrange(60_000)})
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=app, daemon=True)
+    writer.start()
+    try:
+        def second_reader_wrote() -> bool:
+            with dst.client() as c:
+                return any(p.get("docs", 0) >= 1000 for p in c.mongoferry_meta.partitions.find({"descending": True}))
+
+        wait_for(second_reader_wrote, timeout=180)
+        with src.client() as c:  # DDL while both readers copy
+            c.mixed.docs.create_index("i", name="by_i")
+            c.mixed.side.rename("side2")
+            c.mixed.fresh.insert_one({"_id": 1})
+        sync.kill()
+        sync.start()
+        with src.client() as c:
+            c.mixed.fresh.drop()
+        sync.wait_state("RUNNING", timeout=240)
+    finally:
+        stop.set()
+        writer.join(30)
+    time.sleep(2)
+    sync.commit_via_http()
+    assert sync.wait_exit(120) == 0, sync.log_tail()
+    assert "copy plan: trying a second reader from the end" in sync.log_text()
+    assert_identical(src, dst, expect={"mixed.docs", "mixed.side2"})
+    assert "by_i" in all_index_names(dst)
+
+
 def test_an_update_adding_fields_through_two_operators_keeps_the_source_field_order(
         servers: tuple[EmbeddedServer, EmbeddedServer], harness: Harness) -> None:
     """One update that adds a field with $set and another with $inc: the destination must hold the fields in
@@ -450,8 +506,9 @@ class SyncProcess:
     """One `mongoferry sync` command line, started (and restarted) as a child process."""
 
     def __init__(self, src: EmbeddedServer, dst: EmbeddedServer, log: Path, extra: tuple[str, ...],
-                 http: bool) -> None:
+                 http: bool, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.env = env or {}
         self.args = ("sync", "--src", src.uri, "--dst", dst.uri, "--http",
                      f"127.0.0.1:{self.port}" if http else "off", "--log-format", "json", *extra)
         self.log = log
@@ -460,7 +517,7 @@ class SyncProcess:
 
     def start(self) -> SyncProcess:
         assert not self.alive()
-        self.proc = start_cli(*self.args, log=self.log)
+        self.proc = start_cli(*self.args, env=self.env, log=self.log)
         return self
 
     def alive(self) -> bool:
@@ -728,8 +785,9 @@ class Harness:
         self.writers: list[Writer] = []
         self.finalizers: list[Callable[[], None]] = []
 
-    def sync(self, src: EmbeddedServer, dst: EmbeddedServer, *extra: str, http: bool = True) -> SyncProcess:
-        s = SyncProcess(src, dst, self.tmp_path / f"sync{len(self.syncs)}.log", extra, http)
+    def sync(self, src: EmbeddedServer, dst: EmbeddedServer, *extra: str, http: bool = True,
+             env: dict[str, str] | None = None) -> SyncProcess:
+        s = SyncProcess(src, dst, self.tmp_path / f"sync{len(self.syncs)}.log", extra, http, env)
         self.syncs.append(s)
         return s.start()
 
