@@ -64,6 +64,9 @@ def partition_target(count: int, workers: int, configured: int) -> int:
     return configured
 
 
+# What a reader sends when it stops before its cursor's end (None means the end).
+STOPPED = object()
+
 Keep = Callable[[str, RawBSONDocument], bool]  # (source namespace, document) → copy it here?
 
 
@@ -304,6 +307,9 @@ class Copier:
                 item = batches.get()
                 if item is None:
                     break
+                if item is STOPPED:  # the reader stopped early: not the end of the partition
+                    self.meta.checkpoint_partition(p)
+                    return
                 if isinstance(item, BaseException):
                     raise item
                 read, nbytes = item
@@ -335,13 +341,13 @@ class Copier:
                 if not p.natural and read:
                     p.last_id = read[-1]["_id"]
                     p.has_last = True
-                if met:
-                    break
                 now = time.monotonic()
-                if now - last_checkpoint >= CHECKPOINT_EVERY_S:
+                if now - last_checkpoint >= CHECKPOINT_EVERY_S and not met:
                     self.meta.checkpoint_partition(p)
                     last_checkpoint = now
                 self.reporter.advance(p.ns, len(docs), nbytes)
+                if met:
+                    break
                 if self.stop.is_set():
                     self.meta.checkpoint_partition(p)
                     return
@@ -373,13 +379,16 @@ class Copier:
                     cursor = cursor.min([("_id", p.lower)])
                 if p.has_upper:
                     cursor = cursor.max([("_id", p.upper)])
+            stopped = False
             for raw in cursor:
                 docs = bson.decode_all(raw, RAW)
                 if docs:
                     out.put((docs, len(raw)))
                 if self.stop.is_set() or p.done:
+                    stopped = True
                     break
-            out.put(None)
+            # None only when the cursor is exhausted: the writer marks the partition done on it
+            out.put(STOPPED if stopped else None)
         except BaseException as exc:
             out.put(exc)
 
@@ -434,11 +443,12 @@ class Copier:
         down = Partition(id=f"{up.ns}#{up.index + 1:06d}", ns=up.ns, index=up.index + 1, descending=True)
         with driver_errors("saving the copy's progress"):
             self.meta.add_partition(down)  # saved before it reads: a restart resumes it
-            with self._lock:
-                if not up.done:
+            with self._lock:  # one reading of `done`: the up reader may finish at any moment
+                started = not up.done
+                if started:
                     self._meetings[up.ns] = Meeting(self.settings.batch_size)
                     self._remaining[up.ns] += 1
-            if up.done:  # finished meanwhile: nothing left for a second reader
+            if not started:  # finished meanwhile: nothing left for a second reader
                 down.done = True
                 self.meta.checkpoint_partition(down)
                 return None
