@@ -295,7 +295,7 @@ class Copier:
             p.docs = p.bytes = 0
             self.meta.reset_partition(p)
         src_coll = self.src[spec.db].get_collection(spec.name, codec_options=RAW)
-        self._opened[p.id] = time.monotonic()
+        self._opened.setdefault(p.id, time.monotonic())  # a retry keeps the first opening (as _first does)
         batches: queue.Queue[tuple[list[RawBSONDocument], int] | BaseException | None] = queue.Queue(maxsize=3)
         reader = threading.Thread(target=self._read, args=(src_coll, p, batches), daemon=True,
                                   name=f"read-{p.id}")
@@ -395,9 +395,10 @@ class Copier:
     # ---------------------------------------------------------------- a second reader (--ranges auto)
     def _resume_meetings(self, parts: list[Partition]) -> None:
         """After a restart, the two readers of a collection meet again; a down reader whose up
-        reader finished has nothing left (the up reader finishes only with the collection covered)."""
+        reader finished has nothing left (the up reader finishes only with the collection covered).
+        A collection that had a second reader, finished or not, is not tried again."""
+        self._tried.update(p.ns for p in parts if p.descending)
         for down in [p for p in parts if p.descending and not p.done]:
-            self._tried.add(down.ns)
             ups = [p for p in parts if p.ns == down.ns and not p.descending]
             if all(p.done for p in ups):
                 down.done = True

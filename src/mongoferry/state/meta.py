@@ -175,15 +175,15 @@ class MetaStore:
     def save_partitions(self, ns: str, parts: list[Partition]) -> None:
         self.partitions.coll.delete_many({"job": self.job_name, "ns": ns})
         if parts:
-            self.partitions.coll.bulk_write([ReplaceOne({"_id": self.partitions.key(p.id)},
-                                                        {**p.to_doc(), "_id": self.partitions.key(p.id),
-                                                         "job": self.job_name}, upsert=True) for p in parts])
+            self.partitions.coll.bulk_write([self._saved(p) for p in parts])
 
     def add_partition(self, p: Partition) -> None:
         """One more partition of a namespace being copied (a second reader started while it runs)."""
-        self.partitions.coll.replace_one({"_id": self.partitions.key(p.id)},
-                                         {**p.to_doc(), "_id": self.partitions.key(p.id), "job": self.job_name},
-                                         upsert=True)
+        self.partitions.coll.bulk_write([self._saved(p)])
+
+    def _saved(self, p: Partition) -> ReplaceOne[dict[str, Any]]:
+        key = self.partitions.key(p.id)
+        return ReplaceOne({"_id": key}, {**p.to_doc(), "_id": key, "job": self.job_name}, upsert=True)
 
     def load_partitions(self) -> list[Partition]:
         docs = self.partitions.coll.find({"job": self.job_name}).sort([("ns", 1), ("index", 1)])
