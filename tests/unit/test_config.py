@@ -244,6 +244,13 @@ def test_invalid_value_in_flags() -> None:
     assert "invalid value for 'workers' (--workers / MONGOFERRY_WORKERS)" in err.message
 
 
+def test_an_env_only_setting_is_named_without_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONGOFERRY_AUTO_GAIN", "-1")
+    err = load_error({})
+    assert "invalid value for 'auto_gain' (MONGOFERRY_AUTO_GAIN)" in err.message
+    assert "--auto-gain" not in err.message  # there is no such flag
+
+
 def test_valid_flag_repairs_invalid_file_value(tmp_path: Path) -> None:
     path = write(tmp_path, "workers: 0\n")
     assert load_settings(CopySettings, {"workers": 3}, path).workers == 3

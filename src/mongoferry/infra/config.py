@@ -102,6 +102,7 @@ class ConnectionSettings(Settings):
     _filters = field_validator("filter", mode="before")(filter_entries)
 
 
+ENV_ONLY: dict[str, Any] = {"envOnly": True}  # a setting with no command-line flag (env or YAML)
 AUTO_READERS = 4  # readers at once with --workers auto (collections, or ranges where they are cheap)
 MAX_WORKERS = 64
 
@@ -129,8 +130,9 @@ class CopySettings(ConnectionSettings):
     # Tuning of --ranges auto (env/YAML only): a second reader is tried where opening a cursor took at
     # most this share of the time the collection has left, and kept where throughput rose by auto_gain.
     auto_open_share: float = Field(0.05, ge=0, description="try a second reader where opening a cursor costs "
-                                   "at most this share of the collection's time left")
-    auto_gain: float = Field(1.1, ge=0, description="keep the second reader where throughput rose by this factor")
+                                   "at most this share of the collection's time left", json_schema_extra=ENV_ONLY)
+    auto_gain: float = Field(1.1, ge=0, description="keep the second reader where throughput rose by this factor",
+                             json_schema_extra=ENV_ONLY)
     batch_size: int = Field(1000, ge=1, le=100_000)
     partition_docs: int = Field(50_000, ge=100, description="target documents per partition")
     drop_dst: bool = False
@@ -370,7 +372,9 @@ def _describe_error(cls: type[Settings], err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown option {name!r}"
     field = str(err["loc"][0]) if err["loc"] else ""
-    where = f" (--{field.replace('_', '-')} / MONGOFERRY_{field.upper()})" if field in cls.model_fields else ""
+    info = cls.model_fields.get(field)
+    flag = "" if info is None or info.json_schema_extra == ENV_ONLY else f"--{field.replace('_', '-')} / "
+    where = f" ({flag}MONGOFERRY_{field.upper()})" if info is not None else ""
     return f"invalid value for {name!r}{where}: {err['msg'].removeprefix('Value error, ')}"
 
 
