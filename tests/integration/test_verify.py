@@ -296,6 +296,9 @@ def test_server_mode_checks_its_options_before_serving_or_forgetting(
         assert r2.status_code == 400 and "--include 'nope' matches no namespace" in r2.json()["error"]
         progress = v.http.get(v.base + "/progress").json()["progress"]
         assert progress["phase"] == "idle" and "matches no namespace" in progress["error"]  # pollers see it too
+        health = v.http.get(v.base.removesuffix("/api/v1") + "/healthz").json()
+        assert (health["ok"], health["state"]) == (False, "FAILED") and "matches no namespace" in health["lastError"]
+        assert "mongoferry_healthy 0.0" in v.http.get(v.base.removesuffix("/api/v1") + "/metrics").text
     finally:
         v.close()
 
@@ -419,6 +422,9 @@ def test_http_api_filter_and_bad_requests(servers: tuple[EmbeddedServer, Embedde
     idle = v.http.get(v.base + "/progress")
     assert idle.headers["server"].startswith("migration-verifier/") and len(idle.headers["trace-id"]) == 36
     assert idle.json()["progress"]["phase"] == "idle"
+    root = v.base.removesuffix("/api/v1")
+    health = v.http.get(root + "/healthz").json()  # the model every job's /healthz shares
+    assert (health["ok"], health["state"], health["lastError"]) == (True, "IDLE", None)
     assert v.http.get(v.base + "/check").status_code == 405
     assert v.post("/writesOff").json() == {"error": "no verification is running; POST /api/v1/check first"}
     bad = v.post("/check", content="{not json")
@@ -445,6 +451,17 @@ def test_http_api_filter_and_bad_requests(servers: tuple[EmbeddedServer, Embedde
     assert content["diffs"][0]["path"] == "v" and content["diffs"][0]["dst"] == "changed"
     lines = [json.loads(line) for line in v.http.get(v.base + "/docMismatches").text.splitlines()]
     assert {(m["type"], m["_id"], m.get("field")) for m in lines} == {("content", 1, "v"), ("extraOnDst", 1001, None)}
+    health = v.http.get(root + "/healthz").json()
+    assert (health["ok"], health["state"]) == (True, "DONE")
+    metrics = v.http.get(root + "/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    for line in ('mongoferry_state{state="DONE"} 1.0', 'mongoferry_state{state="CHECKING"} 0.0',
+                 'mongoferry_healthy 1.0', 'mongoferry_verify_mismatches{type="document:content"} 1.0',
+                 'mongoferry_verify_mismatches{type="document:extraOnDst"} 1.0',
+                 'mongoferry_verify_tasks{status="failed"} 1.0', 'mongoferry_verify_writes_off 1.0'):
+        assert line in metrics.text, line
+    assert 'mongoferry_job_info{kind="verify"' in metrics.text
+    assert f"mongoferry_verify_docs_compared_total {final['docsCompared']}.0" in metrics.text
     assert v.terminate() == 0
 
 

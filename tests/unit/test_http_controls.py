@@ -85,3 +85,30 @@ def test_a_prune_takes_a_documents_limit_only() -> None:
     refused, accepted = asyncio.run(talk())
     assert refused.status_code == 400 and "documents per second only" in refused.json()["error"]
     assert accepted.status_code == 200 and status.rate == 40
+
+
+def test_every_job_reports_health_and_state_in_one_model() -> None:
+    from mongoferry.http.server import prune_app
+    from mongoferry.state.prune_status import PruneStatus
+
+    job = JobStatus()
+    job.set(state="RUNNING", source_unreachable=True, lag_growing_since=None, last_error="source gone")
+    prune = PruneStatus(state="WAITING")
+
+    async def talk(app: Any) -> tuple[dict[str, Any], str]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return (await client.get("/healthz")).json(), (await client.get("/metrics")).text
+
+    (job_health, job_metrics), (prune_health, prune_metrics) = (asyncio.run(talk(sync_app(job, kind="split"))),
+                                                                asyncio.run(talk(prune_app(prune))))
+    assert job_health.keys() == prune_health.keys() == {"ok", "state", "lastError", "uptimeSeconds"}
+    assert (job_health["ok"], job_health["state"], job_health["lastError"]) == (False, "SOURCE_UNREACHABLE",
+                                                                                 "source gone")
+    assert 'mongoferry_state{state="SOURCE_UNREACHABLE"} 1.0' in job_metrics
+    assert 'mongoferry_state{state="RUNNING"} 0.0' in job_metrics and "mongoferry_healthy 0.0" in job_metrics
+    assert 'mongoferry_job_info{kind="split"' in job_metrics
+    assert (prune_health["ok"], prune_health["state"]) == (True, "WAITING")
+    assert 'mongoferry_state{state="WAITING"} 1.0' in prune_metrics and "mongoferry_healthy 1.0" in prune_metrics
+    assert 'mongoferry_job_info{kind="prune"' in prune_metrics and "mongoferry_prune_rate_limit" in prune_metrics
+    job.set(source_unreachable=False)
+    assert asyncio.run(talk(sync_app(job)))[0]["ok"] is True

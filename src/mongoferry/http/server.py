@@ -1,5 +1,5 @@
 """HTTP status and control of a running job (starlette + uvicorn, in a thread): progress, the
-controls, metrics and the dashboard page.
+controls, health, metrics and the dashboard page (health and the shared metrics from state/health).
 
 The controls (every POST) are as safe as the address: on a loopback address they are open, as
 before; bound anywhere else they need the token given with --http-token (a job refuses to start
@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -29,33 +30,39 @@ from starlette.routing import Route
 from mongoferry.core.errors import UsageError
 from mongoferry.http.dashboard import dashboard_routes
 from mongoferry.pipeline.throttle import Throttle
-from mongoferry.state.prune_status import PruneStatus, prune_registry
-from mongoferry.state.status import JobStatus, make_registry
+from mongoferry.state.health import Observed, job_registry
+from mongoferry.state.prune_status import PruneCollector, PruneStatus
+from mongoferry.state.status import JobStatus, StatusCollector
 
 log = logging.getLogger("mongoferry.http")
 
 
-class Controlled(Protocol):
-    state: str
-
+class Controlled(Observed, Protocol):
     def set(self, **fields: Any) -> None: ...
 
 
+def observed_routes(status: Observed, registry: CollectorRegistry, kind: str, controls: list[str]) -> list[Route]:
+    """What every job's HTTP app serves, the verifier's too: health, metrics and the dashboard."""
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse(status.health().to_json())
+
+    async def metrics(request: Request) -> Response:
+        # in a worker thread: a collector may read a database (the verifier's)
+        return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
+            *dashboard_routes(kind, controls)]
+
+
 def common_routes(status: Controlled, registry: CollectorRegistry, kind: str, controls: list[str]) -> list[Route]:
-    """What every job's API has: resume, health, metrics and the dashboard."""
+    """What every job with controls has: resume, and what every job serves."""
 
     async def resume(request: Request) -> JSONResponse:
         status.set(paused=False)
         return JSONResponse({"success": True})
 
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"ok": True, "state": status.state})
-
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return [Route("/api/v1/resume", resume, methods=["POST"]), Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]), *dashboard_routes(kind, controls)]
+    return [Route("/api/v1/resume", resume, methods=["POST"]), *observed_routes(status, registry, kind, controls)]
 
 
 LIMIT_KEYS = ("maxDocsPerSecond", "maxBytesPerSecond", "maxSourceLatencyMs", "maxSourceLagSeconds")
@@ -136,8 +143,7 @@ class ThrottleCollector(Collector):
 
 def sync_app(status: JobStatus, throttle: Throttle | None = None, kind: str = "sync") -> Starlette:
     throttle = throttle or Throttle()
-    registry = make_registry(status)
-    registry.register(ThrottleCollector(throttle))
+    registry = job_registry(status, kind, StatusCollector(status), ThrottleCollector(throttle))
 
     async def progress(request: Request) -> JSONResponse:
         return JSONResponse({**status.snapshot(), "throttle": throttle.describe()})
@@ -177,8 +183,7 @@ def backup_app(status: JobStatus, describe: Callable[[], dict[str, Any]],
     """A backup's progress: its pipeline's status, and per source its snapshots, chunks and the
     times it can restore to; its throttle."""
     throttle = throttle or Throttle()
-    registry = make_registry(status)
-    registry.register(ThrottleCollector(throttle))
+    registry = job_registry(status, "backup", StatusCollector(status), ThrottleCollector(throttle))
 
     async def progress(request: Request) -> JSONResponse:
         return JSONResponse({**status.snapshot(), "throttle": throttle.describe(), "backup": describe()})
@@ -189,7 +194,7 @@ def backup_app(status: JobStatus, describe: Callable[[], dict[str, Any]],
 
 def prune_app(status: PruneStatus) -> Starlette:
     """Progress, the rate limit (read or changed while running), pause and resume of a prune."""
-    registry = prune_registry(status)
+    registry = job_registry(status, "prune", PruneCollector(status))
 
     async def progress(request: Request) -> JSONResponse:
         return JSONResponse(status.snapshot())

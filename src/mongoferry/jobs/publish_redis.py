@@ -291,6 +291,10 @@ def http_app(mongo: Client, health_clients: list[RedisClient], metrics: PublishM
     from starlette.routing import Route
 
     from mongoferry.http.dashboard import dashboard_routes
+    from mongoferry.state.health import HealthCollector
+
+    if status is not None:  # the families every job has, beside oplogtoredis's own
+        metrics.registry.register(HealthCollector(status, "publish-redis"))
 
     def mongo_ok() -> bool:
         try:

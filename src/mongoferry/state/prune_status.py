@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
+
+from mongoferry.state.health import Health
 
 PAUSE_REASONS = ("window", "replication-lag", "latency", "paused")
+STATES = ("STARTING", "RUNNING", "WAITING", "PAUSED", "STOPPED", "DONE")
 
 
 @dataclass
@@ -33,7 +36,7 @@ class NamespaceProgress:
 
 @dataclass
 class PruneStatus:
-    state: str = "STARTING"  # RUNNING, WAITING, PAUSED, DONE, FAILED
+    state: str = "STARTING"  # one of STATES
     rate: float | None = None  # documents/s, None for no limit
     paused: bool = False
     waiting_for: str | None = None  # why it is waiting right now
@@ -48,6 +51,12 @@ class PruneStatus:
         with self.lock:
             for k, v in fields.items():
                 setattr(self, k, v)
+
+    def health(self) -> Health:
+        with self.lock:
+            began = time.time() - (time.monotonic() - self.started)
+            # a prune exits on any error it does not retry: while it serves, it is healthy
+            return Health(self.state, STATES, True, self.last_error, began)
 
     def waited(self, reason: str, seconds: float) -> None:
         with self.lock:
@@ -110,9 +119,3 @@ class PruneCollector(Collector):
         for r in PAUSE_REASONS:
             waiting.add_metric([r], 1.0 if snap["waitingFor"] == r else 0.0)
         yield waiting
-
-
-def prune_registry(status: PruneStatus) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(PruneCollector(status))
-    return registry

@@ -10,15 +10,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from mongoferry.core.pacing import eta_seconds
 from mongoferry.infra.progress import Reporter
+from mongoferry.state.health import Health
 
-STATES = ("COPYING", "CATCHING_UP", "RUNNING", "PAUSED", "COMMITTING", "COMMIT_FAILED", "COMMITTED",
-          "SOURCE_UNREACHABLE")
+# sync and split: COPYING … COMMITTED; backup: SNAPSHOT, ARCHIVING; publish-redis: STARTING, RUNNING
+STATES = ("STARTING", "COPYING", "CATCHING_UP", "RUNNING", "PAUSED", "COMMITTING", "COMMIT_FAILED", "COMMITTED",
+          "SNAPSHOT", "ARCHIVING", "SOURCE_UNREACHABLE")
 EVENT_TYPES = ("insert", "update", "replace", "delete", "ddl", "txn", "skipped")
 RECENT_ERRORS = 20
+UNHEALTHY = ("SOURCE_UNREACHABLE", "COMMIT_FAILED")
 
 
 def recent_error(errors: deque[dict[str, str]], message: str | None) -> None:
@@ -72,6 +75,11 @@ class JobStatus:
 
     def shown_state(self) -> str:
         return "SOURCE_UNREACHABLE" if self.source_unreachable and self.state != "COMMITTED" else self.state
+
+    def health(self) -> Health:
+        with self.lock:
+            state = self.shown_state()
+            return Health(state, STATES, state not in UNHEALTHY, self.last_error, self.started)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -145,7 +153,7 @@ class StatusReporter:
 
 
 class StatusCollector(Collector):
-    """Prometheus metrics read from the status snapshot at scrape time."""
+    """Prometheus metrics read from the status snapshot at scrape time (beside state/health's)."""
 
     def __init__(self, status: JobStatus) -> None:
         self.status = status
@@ -156,10 +164,6 @@ class StatusCollector(Collector):
                                 "change and now (0 when nothing is pending)")
         lag.add_metric([], snap["lagTimeSeconds"])
         yield lag
-        state = GaugeMetricFamily("mongoferry_state", "1 for the job's current state", labels=["state"])
-        for s in STATES:
-            state.add_metric([s], 1.0 if snap["state"] == s else 0.0)
-        yield state
         events = CounterMetricFamily("mongoferry_events_applied", "Change events applied, by type", labels=["type"])
         for t, n in snap["events"].items():
             events.add_metric([t], n)
@@ -192,9 +196,3 @@ class StatusCollector(Collector):
         for n in snap["namespaces"]:
             delta.add_metric([n["source"], n["destination"]], n.get("delta", 0))
         yield delta
-
-
-def make_registry(status: JobStatus) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(StatusCollector(status))
-    return registry

@@ -1,6 +1,7 @@
 """The verifier's HTTP API, compatible with mongodb-labs/migration-verifier's
 (``/api/v1/check``, ``writesOff``, ``progress``, ``summary``, ``docMismatches``,
-``nsMismatches``) plus ``/api/v1/mismatches`` (every finding with its field-level diff)."""
+``nsMismatches``) plus ``/api/v1/mismatches`` (every finding with its field-level diff), and what
+every job serves: ``/healthz``, ``/metrics`` and the dashboard."""
 
 from __future__ import annotations
 
@@ -21,13 +22,15 @@ from starlette.routing import Route
 
 from mongoferry import __version__
 from mongoferry.core.errors import MongoferryError
-from mongoferry.http.dashboard import dashboard_routes
+from mongoferry.http.server import observed_routes
 from mongoferry.infra.config import VerifySettings
 from mongoferry.infra.redact import redact
 from mongoferry.state.endpoints import Endpoints
+from mongoferry.state.health import Health, job_registry
 from mongoferry.verify.findings import Pair, id_type, tolerated
 from mongoferry.verify.keys import id_value, to_json_value
 from mongoferry.verify.metadata import resolve_pairs
+from mongoferry.verify.metrics import VerifyCollector
 from mongoferry.verify.spec_compare import INDEX_SPEC_TOLERANCES
 
 log = logging.getLogger("mongoferry.verify")
@@ -146,6 +149,7 @@ class VerifierView(Protocol):
     pairs: list[Pair]
 
     def progress(self) -> dict[str, Any]: ...
+    def health(self) -> Health: ...
     def start_check(self, filt: dict[str, Any] | None) -> None: ...
     def writes_off(self) -> str | None: ...
     def summary(self, min_duration_s: int = 0) -> dict[str, Any]: ...
@@ -243,7 +247,8 @@ def verifier_app(v: VerifierView) -> Starlette:
         Route("/api/v1/summary", summary, methods=["GET"]),
         Route("/api/v1/docMismatches", doc_mismatches, methods=["GET"]),
         Route("/api/v1/nsMismatches", ns_mismatches, methods=["GET"]),
-        *dashboard_routes("verify", []),  # the check/writesOff API stays as migration-verifier's
+        # health, metrics and the dashboard as every job's; check/writesOff stay migration-verifier's
+        *observed_routes(v, job_registry(v, "verify", VerifyCollector(v)), "verify", []),
     ], exception_handlers={BadParameter: bad_parameter, PyMongoError: server_error})
     app.add_middleware(_Headers)
     return app

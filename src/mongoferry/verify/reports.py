@@ -11,6 +11,7 @@ from bson import ObjectId, json_util
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
+from mongoferry.state.health import Health
 from mongoferry.verify.api import doc_mismatch_lines, mismatch_to_json, ns_mismatch_info
 from mongoferry.verify.findings import Pair
 from mongoferry.verify.readers import EVENT_KINDS, ChangeReader
@@ -18,6 +19,7 @@ from mongoferry.verify.tasks import Rate, TaskSink, estimate_remaining
 
 GENERATIONS_ID: Final = "generations"
 STATUSES: Final = ("added", "processing", "failed", "completed", "mismatch")
+STATES: Final = ("IDLE", "CHECKING", "RECHECKING", "DONE", "FAILED")  # the shared health model's
 
 
 class Reports:
@@ -36,6 +38,7 @@ class Reports:
     states: Collection[dict[str, Any]]
     tasks: Collection[dict[str, Any]]
     mismatches: Collection[dict[str, Any]]
+    started: float
 
     def recent_recheck_secs(self) -> list[float]:
         """Durations of the last (up to 10) finished recheck generations."""
@@ -51,6 +54,17 @@ class Reports:
         if not self.running:
             return "idle"
         return "check" if self.generation == 0 else "recheck"
+
+    def health(self) -> Health:
+        """The verifier in the model every job's /healthz and mongoferry_state share (its phase
+        stays migration-verifier's in /progress)."""
+        if self.error is not None:
+            state = "FAILED"
+        elif self.running:
+            state = "CHECKING" if self.generation == 0 else "RECHECKING"
+        else:
+            state = "DONE" if self.state.get("done") else "IDLE"
+        return Health(state, STATES, self.error is None, self.error, self.started)
 
     def status_counts(self, generation: int) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)

@@ -133,6 +133,7 @@ class Verifier(Reports):
         self.run_over = threading.Event()  # the current check's driver has returned: workers leave
         self.gen0_cache: dict[str, Any] | None = None
         self.not_adopted: set[tuple[str, str]] = set()
+        self.started = time.time()
 
     # ------------------------------------------------------------------ persistence
     def fingerprint(self) -> dict[str, Any]:
