@@ -103,3 +103,28 @@ def test_a_batch_waits_while_the_source_is_slow_and_the_time_is_counted_by_reaso
     assert t.describe()["holdingFor"] is None
     t.set_source_limits(None, None)
     assert not t.active
+
+
+def test_an_unreadable_source_measure_is_said_once_and_blames_the_role_only_when_denied(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from typing import Any, cast
+
+    from pymongo.errors import NetworkTimeout, OperationFailure
+
+    from mongoferry.pipeline.source_health import SourceHealth
+
+    health = SourceHealth()
+
+    def slow(i: int, client: Any) -> float:
+        raise NetworkTimeout("timed out reading from db.example:27017")
+
+    def denied(i: int, client: Any) -> float:
+        raise OperationFailure("not authorized on admin to execute command { serverStatus: 1 }", code=13)
+
+    with caplog.at_level("WARNING", logger="mongoferry"):
+        assert health._measure("latency", slow, 0, cast(Any, None)) is None
+        assert health._measure("latency", slow, 0, cast(Any, None)) is None
+        assert health._measure("lag", denied, 0, cast(Any, None)) is None
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "timed out reading from db.example:27017" in first and "clusterMonitor" not in first
+    assert "not authorized" in second and "the user needs the clusterMonitor role" in second

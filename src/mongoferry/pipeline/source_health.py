@@ -23,10 +23,12 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from mongoferry.core.pacing import delayed_members, mean_op_latency_ms, replication_lag
+from mongoferry.infra.redact import redact
 
 log = logging.getLogger(__name__)
 
 SAMPLE_EVERY_S = 1.0
+UNAUTHORIZED = 13  # the server's error code for a command the user may not run
 SAMPLE_TIMEOUT_S = 2.0  # a struggling server's slow answer must not hold the sampler (and the job) long
 
 
@@ -67,9 +69,10 @@ class SourceHealth:
         except PyMongoError as exc:
             if what not in self._said:
                 self._said.add(what)
-                log.warning(f"the source's {what} could not be read ({type(exc).__name__}): "
-                            f"--max-source-{what} holds nothing while that lasts (the user needs the "
-                            "clusterMonitor role)")
+                denied = isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED
+                log.warning(f"the source's {what} could not be read ({redact(str(exc))}): --max-source-{what} "
+                            "holds nothing while that lasts"
+                            + (" (the user needs the clusterMonitor role)" if denied else ""))
             return None
 
     def _latency(self, i: int, client: MongoClient[Any]) -> float | None:
