@@ -114,6 +114,7 @@ class Copier:
         self._meetings: dict[str, Meeting] = {}
         self._opened: dict[str, float] = {}  # partition id → when its reader started
         self._first: dict[str, float] = {}  # partition id → when its first batch arrived
+        self._docs_before: dict[str, int] = {}  # partition id → documents it had then (a resumed one's)
         self._written = 0  # documents written by every reader (the throughput the trial measures)
         self._samples: deque[tuple[float, int]] = deque()
         self._tried: set[str] = set()
@@ -313,7 +314,8 @@ class Copier:
                 if isinstance(item, BaseException):
                     raise item
                 read, nbytes = item
-                self._first.setdefault(p.id, time.monotonic())
+                if p.id not in self._first:
+                    self._first[p.id], self._docs_before[p.id] = time.monotonic(), p.docs
                 meeting = self._meetings.get(p.ns)
                 met = False
                 if meeting is not None:
@@ -430,7 +432,7 @@ class Copier:
                     or first is None or now - first < MEASURE_S:
                 continue
             self._tried.add(up.ns)
-            own_rate = up.docs / (now - first)
+            own_rate = (up.docs - self._docs_before.get(up.id, 0)) / (now - first)  # this process's
             left = max(0, int(colls[up.ns]["spec"].get("count", 0)) - up.docs)
             ok, why = worth_a_second_reader(first - self._opened[up.id], left, own_rate,
                                             self.settings.auto_open_share, 2 * MIN_PARTITION_DOCS)
