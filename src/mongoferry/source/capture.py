@@ -474,20 +474,49 @@ class OplogCapture:
             fresh = _is_fresh(entry)
             self.held.append((entry, now + SETTLE_S if fresh else now, fresh))
         for entry in self._settled(max_events):
-            self.emitted_ts = entry["ts"]
-            batch.entries.append(entry)
-            batch.units.extend(self.assembler.feed(entry))
+            self._emit(batch, entry)
         quiet_until = None
         if drained and not self.held:
             batch.idle = True
-            batch.units.extend(self.assembler.flush())
             quiet_until = self._quiet_until()
+            if quiet_until is not None:
+                missed = self._unseen_until(quiet_until)
+                if missed is None:
+                    quiet_until = None  # not read again yet: no quiet time without it
+                for entry in missed or ():
+                    self._emit(batch, entry)
+            batch.units.extend(self.assembler.flush())
         if batch.units or batch.idle:
             safe = _oplog_batch_position(self.assembler, self.emitted_ts)
             if quiet_until is not None and not self.assembler.pending() and quiet_until > safe:
                 safe = self.emitted_ts = self.last_ts = quiet_until
             batch.position = Position(safe) if safe > self.start.ts or batch.units else None
         return batch
+
+    def _emit(self, batch: Batch, entry: dict[str, Any]) -> None:
+        self.emitted_ts = entry["ts"]
+        batch.entries.append(entry)
+        batch.units.extend(self.assembler.feed(entry))
+
+    def _unseen_until(self, upto: Timestamp) -> list[dict[str, Any]] | None:
+        """The oplog's entries after the last one handed on, up to a quiet time, that the tail did not
+        return (None: not read, a re-read ran too recently). A tail can miss an entry written just
+        before an idle spell, and with nothing after it no hole shows: without this read the quiet
+        time would pass it, and it would be lost (seen on SecantusDB)."""
+        now = time.monotonic()
+        if now < self._reread_due:
+            return None
+        found = list(self.client.local["oplog.rs"].find(
+            {"ts": {"$gt": self.emitted_ts, "$lte": upto}}).sort("$natural", 1))
+        done = time.monotonic()
+        self._reread_due = done + next_reread_after(done - now)
+        if found:
+            log.info("oplog entries the tail had not returned; read again before the quiet time",
+                     extra={"entries": len(found), "upTo": f"{upto.time}:{upto.inc}"})
+            self.last_ts = found[-1]["ts"]
+            self.cursor.close()  # reopened after them: the tail must not return them a second time
+            self.cursor = open_oplog(self.client, self.last_ts, await_ms=self.await_ms)
+        return self._handed(found)
 
     def _quiet_until(self) -> Timestamp | None:
         """An idle source: a cluster time read at least SETTLE_S before this empty read, up to which
