@@ -43,6 +43,7 @@ DDL: dict[str, Callable[[Client], None]] = {
     "into": lambda c: rename(c, "outside.into", "live.into"),  # renamed into the selection
     "dbx": lambda c: (c.drop_database("dbx"),
                       c.dbx.again.insert_one({"_id": "after-drop"})),
+    "view": lambda c: c.live.create_collection("view_of", viewOn="view", pipeline=[{"$match": {"n": {"$gt": 5}}}]),
 }
 ORDER = list(DDL)
 SIZES = {name: 1400 - 40 * i for i, name in enumerate(ORDER)}
@@ -127,3 +128,6 @@ def test_ddl_in_every_phase_of_the_copy_converges(servers: tuple[EmbeddedServer,
         assert "n_desc" in c.live.idx.index_information()
         assert c.live.command("listCollections", filter={"name": "mod"})["cursor"]["firstBatch"][0][
             "options"].get("validator") == {"n": {"$exists": True}}
+        view = c.live.command("listCollections", filter={"name": "view_of"})["cursor"]["firstBatch"][0]
+        assert view["type"] == "view" and view["options"]["viewOn"] == "view", view
+        assert view["options"]["pipeline"] == [{"$match": {"n": {"$gt": 5}}}], view

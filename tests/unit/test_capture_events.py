@@ -46,6 +46,10 @@ def test_transaction_fields_become_a_txn_id() -> None:
 
 @pytest.mark.parametrize(("op", "extra", "ddl"), [
     ("create", {"operationDescription": {"capped": True, "size": 10}}, {"create": "items", "capped": True, "size": 10}),
+    ("create", {"operationDescription": {"viewOn": "raw", "pipeline": [{"$match": {"a": 1}}]}},  # MongoDB's
+     {"create": "items", "viewOn": "raw", "pipeline": [{"$match": {"a": 1}}]}),
+    ("create", {"operationDescription": {"viewOn": "raw", "viewPipeline": [{"$match": {"a": 1}}]}},  # SecantusDB's
+     {"create": "items", "viewOn": "raw", "pipeline": [{"$match": {"a": 1}}]}),
     ("drop", {}, {"drop": "items"}),
     ("rename", {"to": {"db": "shop", "coll": "goods"}, "operationDescription": {"dropTarget": bson.Binary(b"x", 4)}},
      {"renameCollection": "shop.items", "to": "shop.goods", "dropTarget": True}),

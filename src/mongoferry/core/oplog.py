@@ -299,13 +299,18 @@ def _convert_command(entry: Mapping[str, Any], env: _Envelope, out: _Builder, fr
     elif command == "createIndexes" and "indexes" not in o:
         # The oplog writes one index spec inline; give the applier the same shape as commitIndexBuild.
         ddl = {"createIndexes": coll, "indexes": [{k: v for k, v in o.items() if k != "createIndexes"}]}
-    elif command == "create" and "viewPipeline" in o:
-        # SecantusDB logs a view's pipeline as `viewPipeline`, a name no server's create command
-        # takes (a mongodump --oplog of it fails to replay otherwise): `pipeline`, as MongoDB logs it.
-        ddl = {("pipeline" if k == "viewPipeline" else k): v for k, v in o.items()}
+    elif command == "create":
+        ddl = create_command(o)
     else:
         ddl = dict(o)
     out.add(env, "ddl", f"{db}.{coll}", from_migrate=from_migrate, ddl=ddl)
+
+
+def create_command(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A `create` as a server's create command takes it. SecantusDB names a view's pipeline
+    `viewPipeline` in its oplog entries and change events, a name no create command takes (a
+    mongodump --oplog of it fails to replay too): `pipeline`, as MongoDB writes it."""
+    return {("pipeline" if k == "viewPipeline" else k): v for k, v in fields.items()}
 
 
 def _document(entry: Mapping[str, Any], name: str, ts: Timestamp) -> Mapping[str, Any]:

@@ -30,7 +30,7 @@ from pymongo.errors import OperationFailure
 
 from mongoferry.core.errors import HistoryLostError
 from mongoferry.core.events import Batch, ChangeEvent, Position, TxnId, Unit
-from mongoferry.core.oplog import TransactionAssembler, entry_to_events
+from mongoferry.core.oplog import TransactionAssembler, create_command, entry_to_events
 from mongoferry.infra.clients import DECODED, Client, is_history_lost
 
 log = logging.getLogger("mongoferry.capture")
@@ -306,7 +306,7 @@ def change_event_to_event(change: Mapping[str, Any]) -> ChangeEvent:
     desc = dict(change.get("operationDescription") or {})
     ddl: dict[str, Any]
     if op == "create":
-        ddl = {"create": coll, **desc}
+        ddl = create_command({"create": coll, **desc})
     elif op == "drop":
         ddl = {"drop": coll}
     elif op == "rename":
