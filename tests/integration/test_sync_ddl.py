@@ -131,3 +131,44 @@ def test_ddl_in_every_phase_of_the_copy_converges(servers: tuple[EmbeddedServer,
         view = c.live.command("listCollections", filter={"name": "view_of"})["cursor"]["firstBatch"][0]
         assert view["type"] == "view" and view["options"]["viewOn"] == "view", view
         assert view["options"]["pipeline"] == [{"$match": {"n": {"$gt": 5}}}], view
+
+
+def options_of(server: EmbeddedServer, ns: str) -> dict[str, dict[str, Any]]:
+    db, _, coll = ns.partition(".")
+    with server.client() as c:
+        return {ix["name"]: {k: v for k, v in ix.items() if k not in ("v", "ns")}
+                for ix in c[db][coll].list_indexes()}
+
+
+def test_index_options_survive_a_rename_and_a_replayed_build(servers: tuple[EmbeddedServer, EmbeddedServer],
+                                                            harness: Harness) -> None:
+    """While the sync is down: an index build with options (unique, TTL), then the collection renamed.
+    Replayed, the build no longer finds its collection on the source, and a change event may not
+    carry the options (SecantusDB's do not): the destination must still end with the source's
+    options, and a build meeting the index it made before (the kill came before its checkpoint)
+    is no reason to stop."""
+    import datetime as dt
+
+    src, dst = servers
+    with src.client() as c:
+        c.ix.base.insert_many([{"_id": i} for i in range(100)])
+    sync = harness.sync(src, dst, "--no-write-block")
+    sync.wait_state("RUNNING", timeout=120)
+    sync.kill()
+    with src.client() as c:
+        c.ix.n.insert_many([{"_id": i, "k": i, "at": dt.datetime(2026, 1, 1)} for i in range(50)])
+        c.ix.n.create_index("k", unique=True, name="k_u")
+        c.ix.n.create_index("at", expireAfterSeconds=3600, name="at_ttl")
+        rename(c, "ix.n", "ix.n2")
+    with dst.client() as c:  # what the run that was killed had built already
+        c.ix.n.create_index("k", unique=True, name="k_u")
+    sync.start()
+    sync.wait_state("RUNNING", timeout=120)
+    wait_for(lambda: set(options_of(dst, "ix.n2")) == {"_id_", "k_u", "at_ttl"}
+             and options_of(dst, "ix.n2") == options_of(src, "ix.n2"), timeout=60,
+             what=lambda: f"{options_of(dst, 'ix.n2')} != {options_of(src, 'ix.n2')}\n{sync.log_tail()}")
+    sync.commit_via_http()  # the commit's own check compares every index's options
+    assert sync.wait_exit(120) == 0, sync.log_tail()
+    assert_identical(src, dst, expect={"ix.base", "ix.n2"})
+    assert options_of(dst, "ix.n2")["at_ttl"]["expireAfterSeconds"] == 3600
+    assert options_of(dst, "ix.n2")["k_u"]["unique"] is True

@@ -52,20 +52,49 @@ class MongoWriter:
         self.client[db].drop_collection(name)
 
     def create_indexes(self, dst_ns: str, specs: Sequence[dict[str, Any]]) -> None:
+        """Build these indexes; one that exists already under its name is kept when it has every option
+        the spec gives (a replay, or an event that carries fewer options than the index has), and is
+        built again with the spec's options when they differ (the source's listIndexes said so)."""
         if not specs:
             return
         db, name = split_ns(dst_ns)
         try:
             self.client[db].command({"createIndexes": name, "indexes": list(specs)})
         except OperationFailure as exc:
-            if exc.code not in INDEX_ALREADY_EXISTS or len(specs) == 1:
+            if exc.code not in INDEX_ALREADY_EXISTS:
                 raise
-            for one in specs:  # some exist already (a resumed build): create the rest one by one
+            for one in specs:  # some exist already (a resumed build, a replay): the rest one by one
                 try:
                     self.client[db].command({"createIndexes": name, "indexes": [one]})
                 except OperationFailure as inner:
                     if inner.code not in INDEX_ALREADY_EXISTS:
                         raise
+                    self.replace_index(dst_ns, one)
+
+    def index_named(self, dst_ns: str, index: str) -> dict[str, Any] | None:
+        db, name = split_ns(dst_ns)
+        try:
+            listed = list(self.client[db][name].list_indexes())
+        except OperationFailure as exc:
+            if exc.code != NAMESPACE_NOT_FOUND:
+                raise
+            return None
+        return next((clean_index_spec(dict(ix)) for ix in listed if ix.get("name") == index), None)
+
+    def replace_index(self, dst_ns: str, spec: dict[str, Any]) -> bool:
+        """Make the destination's index of this name have the spec's options (kept when it has them
+        all already; otherwise dropped and built again). True when it was built again."""
+        spec = clean_index_spec(spec)
+        existing = self.index_named(dst_ns, str(spec.get("name")))
+        if existing is not None and has_options(existing, spec):
+            return False
+        db, name = split_ns(dst_ns)
+        if existing is not None:
+            self._drop_indexes(dst_ns, spec.get("name"))
+        self.client[db].command({"createIndexes": name, "indexes": [spec]})
+        log.info("index built again with the source's options", extra={"ns": dst_ns, "index": spec.get("name"),
+                                                                        "was": str(existing), "now": str(spec)})
+        return True
 
     # --- replicated DDL (idempotent: replaying a command that already took effect is a no-op) ---
     def apply_ddl(self, src_ns: str, ddl: dict[str, Any], nsmap: NamespaceMap) -> bool:
@@ -192,3 +221,17 @@ class MongoWriter:
     def count(self, dst_ns: str) -> int:
         db, name = split_ns(dst_ns)
         return int(self.client[db][name].count_documents({}))
+
+
+def has_options(index: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether an index has every field of a spec with the same value (a key's field order counts)."""
+    for field, value in spec.items():
+        if field not in index:
+            return False
+        mine = index[field]
+        if field == "key" and isinstance(value, dict) and isinstance(mine, dict):
+            if list(value.items()) != list(mine.items()):
+                return False
+        elif mine != value:
+            return False
+    return True

@@ -36,6 +36,7 @@ from mongoferry.core.events import Batch, ChangeEvent, Position
 from mongoferry.core.namespaces import NamespaceMap
 from mongoferry.infra.clients import DECODED, Client
 from mongoferry.sinks.base import SinkStats
+from mongoferry.sinks.index_options import IndexOptions
 from mongoferry.sinks.mongo import MongoWriter
 
 log = logging.getLogger("mongoferry.apply")
@@ -70,6 +71,7 @@ class Applier:
         self.dst = dst
         self.nsmap = nsmap
         self.writer = MongoWriter(dst)
+        self.index_options = IndexOptions(src, self.writer, nsmap) if src is not None else None
         # A sync's copy window: events that may find the destination ahead of them (the copy read
         # later state) are resolved by reading the source, and DDL may need a namespace copied again.
         self.window = window
@@ -83,6 +85,8 @@ class Applier:
     # ------------------------------------------------------------------ the sink
     def apply(self, batch: Batch) -> None:
         self.apply_units(batch.units)
+        if self.index_options is not None and self.index_options.unsure:
+            self.index_options.settle()
 
     def applied(self, handed: Position | None) -> Position | None:
         return handed  # synchronous: everything handed over is written when apply returns
@@ -213,18 +217,6 @@ class Applier:
             self.writer.bulk(dst_ns, ops, session=session)
 
     # ------------------------------------------------------------------ transactions
-    def _index_specs_from_source(self, ns: str, ddl: dict[str, Any]) -> dict[str, Any]:
-        """The source's own listIndexes is the authority on an index's options (a change event may not
-        carry them all); an index already dropped again keeps the event's spec."""
-        assert self.src is not None
-        db, _, coll = ns.partition(".")
-        try:
-            listed = {ix["name"]: dict(ix) for ix in self.src[db][coll].list_indexes()}
-        except PyMongoError:
-            return ddl
-        specs = [listed.get(ix.get("name"), ix) for ix in ddl.get("indexes", [])]
-        return {**ddl, "indexes": specs}
-
     def _in_transaction(self, crud: list[ChangeEvent], attempts: int = 20) -> None:
         """All of one source transaction in one destination transaction, retried on transient errors."""
         for attempt in range(attempts):
@@ -258,8 +250,10 @@ class Applier:
         ddl = e.ddl or {}
         if "renameCollection" in ddl:
             self._refuse_filtered_rename(str(ddl["renameCollection"]), str(ddl.get("to", "")))
-        if "createIndexes" in ddl and self.src is not None:
-            ddl = self._index_specs_from_source(e.ns, ddl)
+        if "createIndexes" in ddl and self.index_options is not None:
+            ddl = self.index_options.specs(e.ns, ddl)
+        elif self.index_options is not None:
+            self.index_options.follow(e.ns, ddl)
         redo = self.window.plan(e) if self.window is not None else []
         handled = self.writer.apply_ddl(e.ns, ddl, self.nsmap)
         for ns in redo:
