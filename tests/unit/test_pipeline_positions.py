@@ -7,6 +7,7 @@ the sinks record what they were handed.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -152,3 +153,15 @@ def test_lag_grows_while_the_source_does_not_answer_even_if_nothing_updates_it(l
     assert first > lag_before and status.can_commit() is False
     status.set(source_unreachable=False, lag_growing_since=None)
     assert status.snapshot()["lagTimeSeconds"] == lag_before
+
+
+def test_before_its_first_batch_a_resumed_pipeline_is_as_far_behind_as_its_position() -> None:
+    """A restart long after the last checkpoint must not show lag 0 (and so canCommit) until the
+    first batch is applied."""
+    status = JobStatus()
+    status.set(copy_done=True, state="CATCHING_UP")
+    an_hour_ago = Timestamp(int(time.time()) - 3600, 1)
+    Pipeline(open_capture=lambda start: ListCapture(start, 5), sinks=[], start=Position(an_hour_ago),
+             status=status, stop=threading.Event())
+    assert 3590 < status.current_lag() < 3700
+    assert not status.can_commit()

@@ -69,6 +69,12 @@ class Pipeline:
             if saved is not None and saved.last_event is not None and (
                     self.last_event is None or saved.last_event["ts"] > self.last_event["ts"]):
                 self.last_event = saved.last_event  # the newest change any sink applied
+        resume = self.position.ts
+        if resume.time > 0:  # until the first batch, as far behind as the position it resumes from
+            self._last_event_wall = resume.as_datetime()
+            self._lag_at_last_batch = lag_seconds(self._last_event_wall)
+            with self.status.lock:
+                self.status.lag = self._lag_at_last_batch
 
     @property
     def position(self) -> Position:
