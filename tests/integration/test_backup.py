@@ -507,6 +507,10 @@ def test_backup_prune_keeps_what_the_window_needs(tmp_path: Path) -> None:
         stopped = json.loads(run_cli("status", "--from", str(folder), "--json").out)
         assert stopped["state"] == "STOPPED", stopped  # a clean stop says so: retention need not wait
         before = manifest(folder)
+        ids = [s["id"] for s in before["snapshots"]]
+        assert len(set(ids)) == len(ids), ids  # an idle source's snapshots start alike: never one folder
+        began = [s["started"] for s in before["snapshots"]]
+        assert all(b - a >= 2 for a, b in itertools.pairwise(began)), began  # every 2 s, not back to back
         result = run_cli("backup", "prune", "--from", str(folder), "--keep-days", str(1 / 86400))  # one second
         assert result.code == 0, result.text
         after = manifest(folder)

@@ -211,7 +211,8 @@ class SourceBackup:
             if start is None:
                 with driver_errors("reading the source's cluster time"):
                     start = cap.newest_oplog_time(self.client)  # before the listing: every later change is archived
-            snap = Snapshot(id=snapshot_id(start), start=start)
+            snap = Snapshot(id=snapshot_id(start, {s.id for s in self.manifest.snapshots}), start=start,
+                            started=time.time())
             with self.manifest.lock:
                 self.manifest.snapshots.append(snap)
             self.manifest.save(self.storage)
@@ -299,7 +300,9 @@ class SourceBackup:
     def snapshot_due(self) -> bool:
         if self.run is not None or self.s.snapshot_every is None:
             return False
-        newest = max((s.start.time for s in self.manifest.snapshots if s.state != "abandoned"), default=0)
+        # from when the last one began (on an idle source its oplog start can be long before that)
+        newest = max((s.started or s.start.time for s in self.manifest.snapshots if s.state != "abandoned"),
+                     default=0.0)
         return time.time() - newest >= self.s.snapshot_every
 
     # ------------------------------------------------------------------ the loop

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import IO, Any, Literal
 
 import bson
@@ -40,8 +40,14 @@ def ts_text(ts: Timestamp) -> str:
     return f"{when} ({ts.time}:{ts.inc})"
 
 
-def snapshot_id(start: Timestamp) -> str:
-    return dt.datetime.fromtimestamp(start.time, dt.UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{start.inc}"
+def snapshot_id(start: Timestamp, taken: Collection[str] = ()) -> str:
+    """A snapshot's name (and folder) from its start; on a source idle since the last snapshot the
+    start is the same, so the next one gets `.2`, `.3`…: two snapshots never share a folder."""
+    base = dt.datetime.fromtimestamp(start.time, dt.UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{start.inc}"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}.{n}", n + 1
+    return name
 
 
 def snapshot_key(snapshot: str, rel: str) -> str:

@@ -55,6 +55,7 @@ class Snapshot:
     documents: int = 0
     bytes: int = 0
     reason: str | None = None  # why it was abandoned
+    started: float | None = None  # when the backup began it (Unix time; absent in older manifests)
 
     def to_doc(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
