@@ -81,20 +81,19 @@ class MongoWriter:
             return None
         return next((clean_index_spec(dict(ix)) for ix in listed if ix.get("name") == index), None)
 
-    def replace_index(self, dst_ns: str, spec: dict[str, Any]) -> bool:
+    def replace_index(self, dst_ns: str, spec: dict[str, Any]) -> None:
         """Make the destination's index of this name have the spec's options (kept when it has them
-        all already; otherwise dropped and built again). True when it was built again."""
+        all already; otherwise dropped and built again)."""
         spec = clean_index_spec(spec)
         existing = self.index_named(dst_ns, str(spec.get("name")))
         if existing is not None and has_options(existing, spec):
-            return False
+            return
         db, name = split_ns(dst_ns)
         if existing is not None:
             self._drop_indexes(dst_ns, spec.get("name"))
         self.client[db].command({"createIndexes": name, "indexes": [spec]})
         log.info("index built again with the source's options", extra={"ns": dst_ns, "index": spec.get("name"),
                                                                         "was": str(existing), "now": str(spec)})
-        return True
 
     # --- replicated DDL (idempotent: replaying a command that already took effect is a no-op) ---
     def apply_ddl(self, src_ns: str, ddl: dict[str, Any], nsmap: NamespaceMap) -> bool:

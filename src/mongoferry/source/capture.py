@@ -506,10 +506,7 @@ class OplogCapture:
         now = time.monotonic()
         if now < self._reread_due:
             return None
-        found = list(self.client.local["oplog.rs"].find(
-            {"ts": {"$gt": self.emitted_ts, "$lte": upto}}).sort("$natural", 1))
-        done = time.monotonic()
-        self._reread_due = done + next_reread_after(done - now)
+        found = self._reread(upto, now)
         if found:
             log.info("oplog entries the tail had not returned; read again before the quiet time",
                      extra={"entries": len(found), "upTo": f"{upto.time}:{upto.inc}"})
@@ -517,6 +514,15 @@ class OplogCapture:
             self.cursor.close()  # reopened after them: the tail must not return them a second time
             self.cursor = open_oplog(self.client, self.last_ts, await_ms=self.await_ms)
         return self._handed(found)
+
+    def _reread(self, upto: Timestamp, began: float) -> list[dict[str, Any]]:
+        """The oplog after the last entry handed on, up to `upto`, read again; the next re-read is
+        paced by what this one cost (see next_reread_after)."""
+        found = list(self.client.local["oplog.rs"].find(
+            {"ts": {"$gt": self.emitted_ts, "$lte": upto}}).sort("$natural", 1))
+        done = time.monotonic()
+        self._reread_due = done + next_reread_after(done - began)
+        return found
 
     def _quiet_until(self) -> Timestamp | None:
         """An idle source: a cluster time read at least SETTLE_S before this empty read, up to which
@@ -546,10 +552,7 @@ class OplogCapture:
         if now < self._reread_due and ready < len(self.held):
             return []
         upto = run[-1]["ts"]
-        reread = list(self.client.local["oplog.rs"].find(
-            {"ts": {"$gt": self.emitted_ts, "$lte": upto}}).sort("$natural", 1))
-        done = time.monotonic()
-        self._reread_due = done + next_reread_after(done - now)
+        reread = self._reread(upto, now)
         if len(reread) > ready:
             log.info("oplog entries appeared behind the cursor; read again",
                      extra={"entries": len(reread) - ready, "upTo": f"{upto.time}:{upto.inc}"})
